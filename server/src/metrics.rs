@@ -1,0 +1,173 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text format at `GET /metrics`).
+//!
+//! | metric | labels | meaning |
+//! | --- | --- | --- |
+//! | `http_requests_total` | route, method, status | requests answered |
+//! | `http_request_duration_seconds` | route | latency histogram |
+//! | `predictions_total` | label | instances scored, by predicted label |
+//! | `unknown_category_total` | | instances whose `attr_b` was never seen in training |
+//! | `model_info` | version | 1 for the model being served |
+//! | `model_reloads_total` | result (ok, error) | reload attempts |
+//! | `prediction_log_written_total` | | records written to the prediction log |
+//! | `prediction_log_dropped_total` | | records dropped (log channel full or closed) |
+//!
+//! `route` is the matched route (`/predict`, ...) or `unmatched`, never the raw path,
+//! so a scan of random URLs cannot blow up the label set.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LabelLabels {
+    pub label: u8,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// All metrics, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram>,
+    pub predictions: Family<LabelLabels, Counter>,
+    pub unknown_category: Counter,
+    pub model_info: Family<VersionLabels, Gauge>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub log_written: Counter,
+    pub log_dropped: Counter,
+    /// Serialises model_info updates (clear + set must not interleave).
+    info_lock: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to response, by route",
+            latency.clone(),
+        );
+        let predictions = Family::<LabelLabels, Counter>::default();
+        registry.register(
+            "predictions",
+            "Instances scored, by predicted label",
+            predictions.clone(),
+        );
+        let unknown_category = Counter::default();
+        registry.register(
+            "unknown_category",
+            "Instances whose attr_b was not seen in training (scored with the unknown bucket)",
+            unknown_category.clone(),
+        );
+        let model_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "model_info",
+            "1 for the model version being served",
+            model_info.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "model_reloads",
+            "Model reload attempts, by result",
+            reloads.clone(),
+        );
+        let log_written = Counter::default();
+        registry.register(
+            "prediction_log_written",
+            "Prediction records written to the log",
+            log_written.clone(),
+        );
+        let log_dropped = Counter::default();
+        registry.register(
+            "prediction_log_dropped",
+            "Prediction records dropped because the log channel was full or closed",
+            log_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            predictions,
+            unknown_category,
+            model_info,
+            reloads,
+            log_written,
+            log_dropped,
+            info_lock: Mutex::new(()),
+        }
+    }
+
+    /// Marks `version` as the one being served.
+    pub fn set_model(&self, version: &str) {
+        let _g = self.info_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.model_info.clear();
+        self.model_info
+            .get_or_create(&VersionLabels {
+                version: version.to_string(),
+            })
+            .set(1);
+    }
+
+    pub fn observe_request(&self, route: &'static str, method: &str, status: u16, secs: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method: method.to_string(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(secs);
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

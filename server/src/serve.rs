@@ -1,0 +1,152 @@
+//! The listener loop: HTTP/1.1 connections on hyper, reload on SIGHUP, graceful
+//! shutdown on SIGTERM or SIGINT.
+//!
+//! Shutdown: stop accepting (the listener is dropped), readiness turns 503, every open
+//! connection finishes its in-flight request and is closed, all within the deadline;
+//! then the prediction log is flushed and [`run`] returns.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::app::{self, AppState};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the {what} handler: {source}")]
+    Signal {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How connections are served.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// How long in-flight requests get after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// How long a client may take to send request headers.
+    pub header_read_timeout: Duration,
+}
+
+/// Binds, loads the model, serves until SIGTERM/SIGINT, drains, returns.
+pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    let local = listener.local_addr().unwrap_or(opts.listen);
+    let mut term = signal(SignalKind::terminate()).map_err(|source| ServeError::Signal {
+        what: "SIGTERM",
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| ServeError::Signal {
+        what: "SIGINT",
+        source,
+    })?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|source| ServeError::Signal {
+        what: "SIGHUP",
+        source,
+    })?;
+    tracing::info!(addr = %local, release = %state.config.release, "listening");
+
+    // The first load runs beside the listener: liveness answers at once, readiness
+    // once a model is in.
+    {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let _ = st.reload().await;
+        });
+    }
+    {
+        let st = state.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the model");
+                let _ = st.reload().await;
+            }
+        });
+    }
+
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .keep_alive(true);
+
+    let reason = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // e.g. too many open files: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let st = state.clone();
+                let svc = service_fn(move |req| {
+                    let st = st.clone();
+                    async move { Ok::<_, Infallible>(app::handle(st, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+
+    drop(listener);
+    state.begin_shutdown();
+    tracing::info!(
+        signal = reason,
+        deadline_s = opts.shutdown_timeout.as_secs_f64(),
+        "shutting down: draining connections"
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(opts.shutdown_timeout) => {
+            tracing::warn!("shutdown deadline passed with connections still open; closing them");
+        }
+    }
+    if state.predlog.is_some() {
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(l) = &st.predlog {
+                l.close();
+            }
+        })
+        .await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
