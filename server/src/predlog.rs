@@ -3,8 +3,10 @@
 //! The handler hands each record to a bounded channel with `try_send` (never waits);
 //! when the channel is full the record is dropped and `prediction_log_dropped_total`
 //! counts it. A dedicated thread drains the channel into a JSON lines file (one object
-//! per line, appended), flushing whenever the channel runs empty. On shutdown the
-//! sender is closed and the thread writes what is queued, flushes, and ends.
+//! per line, appended): whatever is queued is written in one `write` call, so the file
+//! is current whenever the channel runs empty. A failed write counts its records as
+//! dropped too; requests never notice. On shutdown the sender is closed and the thread
+//! writes what is queued and ends.
 //!
 //! Record: `{"ts", "idx", "features": {...}, "label", "probability", "model_version",
 //! "latency_us"}`.
@@ -89,32 +91,43 @@ impl PredLog {
     }
 }
 
-fn writer(mut rx: mpsc::Receiver<Record>, file: std::fs::File, path: PathBuf, m: Arc<Metrics>) {
-    let mut out = std::io::BufWriter::new(file);
+fn writer(mut rx: mpsc::Receiver<Record>, mut file: std::fs::File, path: PathBuf, m: Arc<Metrics>) {
+    // Batches: everything queued is serialised into one buffer and written with one
+    // call; a failed write counts the whole batch as dropped.
+    let mut buf = Vec::with_capacity(64 * 1024);
     let mut failing = false;
     while let Some(first) = rx.blocking_recv() {
+        buf.clear();
+        let mut n = 0u64;
         let mut next = Some(first);
         while let Some(r) = next {
-            let mut line = serde_json::to_vec(&r).unwrap_or_default();
-            line.push(b'\n');
-            match out.write_all(&line) {
-                Ok(()) => {
-                    m.log_written.inc();
-                    failing = false;
+            if serde_json::to_writer(&mut buf, &r).is_ok() {
+                buf.push(b'\n');
+                n += 1;
+            } else {
+                m.log_dropped.inc();
+            }
+            next = if buf.len() < 1 << 20 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        match file.write_all(&buf) {
+            Ok(()) => {
+                m.log_written.inc_by(n);
+                if failing {
+                    tracing::info!(path = %path.display(), "prediction log writes recovered");
                 }
-                Err(e) => {
-                    m.log_dropped.inc();
-                    if !failing {
-                        tracing::error!(path = %path.display(), error = %e, "prediction log write failed");
-                        failing = true;
-                    }
+                failing = false;
+            }
+            Err(e) => {
+                m.log_dropped.inc_by(n);
+                if !failing {
+                    tracing::error!(path = %path.display(), error = %e, "prediction log write failed; dropping records");
+                    failing = true;
                 }
             }
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = out.flush() {
-            tracing::error!(path = %path.display(), error = %e, "prediction log flush failed");
         }
     }
-    let _ = out.flush();
 }

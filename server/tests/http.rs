@@ -491,3 +491,37 @@ fn bad_flags_exit_non_zero_with_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error: --model"), "{err}");
 }
+
+#[test]
+fn prediction_log_failures_are_counted_and_never_fail_requests() {
+    let root = tempfile::tempdir().unwrap();
+    publish(root.path(), 0.0, 0);
+    // /dev/full: every write fails with ENOSPC.
+    let s = Server::start(
+        root.path().to_str().unwrap(),
+        &["--prediction-log", "/dev/full"],
+        &[],
+    );
+    s.wait_ready(200);
+    for _ in 0..5 {
+        assert_eq!(s.post("/predict", ORIGINAL).status, 200);
+    }
+    let start = std::time::Instant::now();
+    while !s
+        .get("/metrics")
+        .body
+        .contains("prediction_log_dropped_total 5")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            s.get("/metrics").body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        s.logs().contains("prediction log write failed"),
+        "{}",
+        s.logs()
+    );
+}
