@@ -1,0 +1,26 @@
+# The two commands of the README. Both install what is missing first (Debian's
+# postgresql, the tools venv in .venv/), say what they do, and stop what they start.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test tools lint clean-services
+
+## make demo: run the main job end to end on this machine, against local services.
+demo: tools
+	@echo "==> building the binaries (first build takes several minutes)"
+	$(CARGO) build --bins -p pipeline -p harness
+	@echo "==> running the demo"
+	$(CARGO) run -q -p harness --bin demo -- $(DEMO_ARGS)
+
+## make test: run every test, against a private PostgreSQL and the AWS emulator.
+test: tools
+	@echo "==> running the test suite"
+	$(CARGO) test --workspace --no-fail-fast
+
+## make lint: what CI checks besides the tests.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+tools:
+	@bash tools/bootstrap.sh

@@ -1,0 +1,6 @@
+//! The data side of the product: ETL from S3 into PostgreSQL, data-quality checks, the
+//! feature store, training and the run ledger. The `pipeline` binary is a thin clap
+//! layer over these modules, so tests drive the same code.
+
+pub mod db;
+pub mod logging;

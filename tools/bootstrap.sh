@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what `make test` and `make demo` need on a fresh Debian machine that has only
+# Rust and make: Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) and
+# a project-local Python venv (.venv/, ignored by git) with the AWS emulator (moto),
+# actionlint and shellcheck. Idempotent: it only installs what is missing.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+say() { printf '==> %s\n' "$*" >&2; }
+
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && { echo "$d"; return 0; }
+  done
+  return 1
+}
+
+if ! pg_bin >/dev/null || ! command -v psql >/dev/null; then
+  say "installing PostgreSQL server binaries (Debian package postgresql)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  # The package would start a system cluster; tests use private ones, so keep it off.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql postgresql-client >/dev/null
+  if command -v pg_ctlcluster >/dev/null; then
+    for c in $(pg_lsclusters -h 2>/dev/null | awk '{print $1"/"$2}'); do
+      $sudo pg_ctlcluster "${c%/*}" "${c#*/}" stop 2>/dev/null || true
+    done
+  fi
+fi
+say "PostgreSQL binaries: $(pg_bin)"
+
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$root/tools/requirements.txt" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "creating the tools venv in .venv (moto, shellcheck)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tools/requirements.txt"
+  echo "$want" >"$stamp"
+fi
+say "tools venv: $venv ($("$venv/bin/python" -c 'import moto; print("moto", moto.__version__)'))"
