@@ -1,0 +1,241 @@
+//! Instances: AMI resolution, launch (IMDSv2 required, encrypted root volume, tags,
+//! user data), discovery by tags, termination. The blue/green release builds on these.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
+    ResourceType, VolumeType,
+};
+use base64::Engine as _;
+
+use crate::aws::{AwsError, Clients};
+use crate::config::{AmiSelector, Config};
+use crate::stack::{MANAGED_BY, tag_specification, tags_for};
+use crate::state::Color;
+
+/// A resolved machine image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ami {
+    pub id: String,
+    pub name: String,
+    pub creation_date: String,
+    /// The device of its root volume (`/dev/sda1`), where the encrypted root goes.
+    pub root_device_name: String,
+}
+
+/// The image to launch: the fixed id, or the newest (by creation date) available image
+/// of `owner` whose name matches the filter.
+pub async fn resolve_ami(clients: &Clients, selector: &AmiSelector) -> Result<Ami, AwsError> {
+    let resource = "ami";
+    let req = clients.ec2.describe_images();
+    let req = match selector {
+        AmiSelector::Id(id) => req.image_ids(id),
+        AmiSelector::Newest { owner, name_filter } => req
+            .owners(owner)
+            .filters(Filter::builder().name("name").values(name_filter).build())
+            .filters(Filter::builder().name("state").values("available").build()),
+    };
+    let out = req
+        .send()
+        .await
+        .map_err(|e| AwsError::new(resource, "DescribeImages", e))?;
+    let newest = out
+        .images()
+        .iter()
+        .filter(|i| i.image_id().is_some())
+        .max_by(|a, b| {
+            a.creation_date()
+                .unwrap_or("")
+                .cmp(b.creation_date().unwrap_or(""))
+        });
+    let Some(img) = newest else {
+        return Err(AwsError::other(
+            resource,
+            "DescribeImages",
+            match selector {
+                AmiSelector::Id(id) => format!("no image {id}"),
+                AmiSelector::Newest { owner, name_filter } => {
+                    format!("no available image of owner {owner} matches {name_filter:?}")
+                }
+            },
+        ));
+    };
+    Ok(Ami {
+        id: img.image_id().unwrap_or_default().to_string(),
+        name: img.name().unwrap_or_default().to_string(),
+        creation_date: img.creation_date().unwrap_or_default().to_string(),
+        root_device_name: img.root_device_name().unwrap_or("/dev/sda1").to_string(),
+    })
+}
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec<'a> {
+    pub cfg: &'a Config,
+    pub ami: &'a Ami,
+    pub subnet_id: &'a str,
+    pub security_group_id: &'a str,
+    pub instance_profile: &'a str,
+    /// The boot script (plain text; encoded here).
+    pub user_data: &'a str,
+    pub color: Color,
+    pub release: &'a str,
+}
+
+/// Launches one instance: IMDSv2 required (`HttpTokens=required`, hop limit 1), an
+/// encrypted gp3 root volume deleted with the instance, the instance profile, and the
+/// tags (app, managed-by, color, release) on the instance and its volume.
+pub async fn launch_instance(clients: &Clients, spec: &LaunchSpec<'_>) -> Result<String, AwsError> {
+    let address = format!("aws_instance.{}", spec.color);
+    let tags = tags_for(spec.cfg, &address, spec.color.as_str(), spec.release);
+    let out = clients
+        .ec2
+        .run_instances()
+        .image_id(&spec.ami.id)
+        .instance_type(InstanceType::from(spec.cfg.instance_type.as_str()))
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(spec.subnet_id)
+        .security_group_ids(spec.security_group_id)
+        .iam_instance_profile(
+            IamInstanceProfileSpecification::builder()
+                .name(spec.instance_profile)
+                .build(),
+        )
+        .metadata_options(
+            InstanceMetadataOptionsRequest::builder()
+                .http_tokens(HttpTokensState::Required)
+                .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                .http_put_response_hop_limit(1)
+                .build(),
+        )
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name(&spec.ami.root_device_name)
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .encrypted(true)
+                        .delete_on_termination(true)
+                        .volume_type(VolumeType::Gp3)
+                        .volume_size(spec.cfg.root_volume_gib)
+                        .build(),
+                )
+                .build(),
+        )
+        .user_data(base64::engine::general_purpose::STANDARD.encode(spec.user_data))
+        .tag_specifications(tag_specification(ResourceType::Instance, &tags))
+        .tag_specifications(tag_specification(ResourceType::Volume, &tags))
+        .send()
+        .await
+        .map_err(|e| AwsError::new(&address, "RunInstances", e))?;
+    out.instances()
+        .first()
+        .and_then(|i| i.instance_id())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            AwsError::other(&address, "RunInstances", "no instance in the answer".into())
+        })
+}
+
+/// A live (not terminated) instance of the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub id: String,
+    /// The `color` tag (`blue`, `green`, or whatever was found).
+    pub color: String,
+    pub release: String,
+    pub state: String,
+}
+
+/// The app's instances that are not terminated, found by tags.
+pub async fn find_instances(clients: &Clients, cfg: &Config) -> Result<Vec<Found>, AwsError> {
+    let f = |k: &str, v: &str| Filter::builder().name(k).values(v).build();
+    let out = clients
+        .ec2
+        .describe_instances()
+        .filters(f("tag:app", &cfg.app))
+        .filters(f("tag:managed-by", MANAGED_BY))
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopping")
+                .values("stopped")
+                .values("shutting-down")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| AwsError::new("aws_instance", "DescribeInstances", e))?;
+    let mut found = Vec::new();
+    for r in out.reservations() {
+        for i in r.instances() {
+            let tag = |k: &str| {
+                i.tags()
+                    .iter()
+                    .find(|t| t.key() == Some(k))
+                    .and_then(|t| t.value())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            found.push(Found {
+                id: i.instance_id().unwrap_or_default().to_string(),
+                color: tag("color"),
+                release: tag("release"),
+                state: i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+/// Terminates `id` and waits (up to `wait`) until it is terminated, so that what it
+/// used (security group, subnet) can be deleted.
+pub async fn terminate(clients: &Clients, id: &str, wait: Duration) -> Result<(), AwsError> {
+    let address = format!("aws_instance ({id})");
+    match clients
+        .ec2
+        .terminate_instances()
+        .instance_ids(id)
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if crate::stack::is_not_found(crate::aws::code_of(&e)) => return Ok(()),
+        Err(e) => return Err(AwsError::new(&address, "TerminateInstances", e)),
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let out = clients
+            .ec2
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(|e| AwsError::new(&address, "DescribeInstances", e))?;
+        let state = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.state().and_then(|s| s.name()).cloned());
+        if matches!(state, None | Some(InstanceStateName::Terminated)) {
+            return Ok(());
+        }
+        if start.elapsed() > wait {
+            return Err(AwsError::other(
+                &address,
+                "TerminateInstances",
+                format!("still {state:?} after {}s", wait.as_secs()),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

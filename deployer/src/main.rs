@@ -1,0 +1,309 @@
+//! `deployer --config deploy.toml <command>`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use deployer::aws::Clients;
+use deployer::config::Config;
+use deployer::plan::{Operation, Plan, render};
+use deployer::{Deployer, LockOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deployer",
+    version,
+    about = "Provisions the AWS stack, keeps its state in S3 under a lock, plans and applies."
+)]
+struct Cli {
+    /// The configuration file (see deploy.example.toml).
+    #[arg(
+        long,
+        short,
+        env = "DEPLOYER_CONFIG",
+        default_value = "deploy.toml",
+        global = true
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the state bucket (versioned, encrypted, private) and the lock table.
+    Init,
+    /// Read the real resources, diff them against the configuration, print the plan.
+    Plan {
+        /// Print the plan as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Save the plan (with the state serial it was made against) for `apply FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Exit 0 when there are no changes, 2 when there are, 1 on errors.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Plan the removal of everything instead.
+        #[arg(long)]
+        destroy: bool,
+        /// How long to wait for the state lock (e.g. 30s, 2m); 0 fails at once.
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        lock_timeout: Duration,
+        /// Do not take the state lock (read-only plans in CI, at your own risk).
+        #[arg(long)]
+        no_lock: bool,
+    },
+    /// Bring the real resources to the configuration (or carry out a saved plan).
+    ///
+    /// Manages the shared stack (network, security group, IAM, Elastic IP); instances
+    /// are launched by the blue/green release (`deploy`).
+    Apply {
+        /// A plan saved with `plan --out`; refused if the state moved since.
+        plan_file: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        auto_approve: bool,
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        lock_timeout: Duration,
+    },
+    /// Remove everything the deployer owns, instances first, in reverse order.
+    Destroy {
+        #[arg(long)]
+        auto_approve: bool,
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        lock_timeout: Duration,
+    },
+    /// Remove the state lock with this id (and only a lock with this id).
+    ForceUnlock { id: String },
+    /// Show who holds the state lock, if anyone.
+    LockInfo,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 2m, 500ms)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let cfg = Config::load(&cli.config)?;
+    let clients = Clients::load(&cfg.region).await;
+    let d = Deployer::new(cfg, clients);
+    match cli.command {
+        Command::Init => {
+            let r = d.init().await.context("init")?;
+            println!(
+                "State bucket s3://{} {}; {}.",
+                d.cfg.state.bucket,
+                if r.bucket_created {
+                    "created"
+                } else {
+                    "already there (settings enforced)"
+                },
+                match &d.cfg.lock.table {
+                    Some(t) if d.cfg.lock.backend == deployer::config::LockBackend::Dynamodb =>
+                        format!(
+                            "lock table {t} {}",
+                            if r.table_created {
+                                "created"
+                            } else {
+                                "already there"
+                            }
+                        ),
+                    _ => "S3 locking: no table needed".to_string(),
+                }
+            );
+            Ok(0)
+        }
+        Command::Plan {
+            json,
+            out,
+            detailed_exitcode,
+            destroy,
+            lock_timeout,
+            no_lock,
+        } => {
+            let op = if destroy {
+                Operation::Destroy
+            } else {
+                Operation::Apply
+            };
+            let plan = d
+                .plan(
+                    op,
+                    LockOptions {
+                        enabled: !no_lock,
+                        timeout: lock_timeout,
+                    },
+                )
+                .await
+                .context("plan")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", render(&plan));
+            }
+            if let Some(path) = out {
+                std::fs::write(&path, serde_json::to_vec_pretty(&plan)?)
+                    .with_context(|| format!("writing the plan to {}", path.display()))?;
+                if !json {
+                    println!(
+                        "\nSaved the plan to {} (state serial {}). Apply it with `deployer apply {}`.",
+                        path.display(),
+                        plan.state_serial,
+                        path.display()
+                    );
+                }
+            }
+            Ok(if detailed_exitcode && plan.has_changes() {
+                2
+            } else {
+                0
+            })
+        }
+        Command::Apply {
+            plan_file,
+            auto_approve,
+            lock_timeout,
+        } => {
+            let saved = match &plan_file {
+                None => None,
+                Some(p) => {
+                    let text = std::fs::read(p)
+                        .with_context(|| format!("reading the plan {}", p.display()))?;
+                    let plan: Plan = serde_json::from_slice(&text)
+                        .with_context(|| format!("{} is not a saved plan", p.display()))?;
+                    if plan.operation != Operation::Apply {
+                        bail!("{} is a destroy plan: use `deployer destroy`", p.display());
+                    }
+                    Some(plan)
+                }
+            };
+            // A saved plan was reviewed when it was made.
+            let approved = auto_approve || saved.is_some();
+            run_apply(&d, Operation::Apply, saved, approved, lock_timeout).await
+        }
+        Command::Destroy {
+            auto_approve,
+            lock_timeout,
+        } => run_apply(&d, Operation::Destroy, None, auto_approve, lock_timeout).await,
+        Command::ForceUnlock { id } => {
+            let info = d.force_unlock(&id).await.context("force-unlock")?;
+            println!("Removed the lock: {info}.");
+            Ok(0)
+        }
+        Command::LockInfo => {
+            match d.locker().current().await.context("reading the lock")? {
+                Some(info) => println!("{info}"),
+                None => println!("The state is not locked."),
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn run_apply(
+    d: &Deployer,
+    op: Operation,
+    saved: Option<Plan>,
+    auto_approve: bool,
+    lock_timeout: Duration,
+) -> anyhow::Result<u8> {
+    let word = match op {
+        Operation::Apply => "apply",
+        Operation::Destroy => "destroy",
+    };
+    let mut confirm = |plan: &Plan| -> Result<bool, deployer::Error> {
+        print!("{}", render(plan));
+        let _ = std::io::stdout().flush();
+        if !plan.has_changes() || auto_approve {
+            return Ok(true);
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(deployer::Error::NotConfirmed(format!(
+                "stdin is not a terminal: pass --auto-approve to {word} without a prompt"
+            )));
+        }
+        print!(
+            "\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "
+        );
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| deployer::Error::NotConfirmed(format!("reading the answer: {e}")))?;
+        Ok(line.trim() == "yes")
+    };
+    let outcome = d
+        .apply(op, saved, lock_timeout, &mut confirm)
+        .await
+        .context(word)?;
+    if let Some(a) = outcome.applied {
+        match op {
+            Operation::Apply => println!(
+                "\nApply complete! Resources: {} added, {} changed, {} destroyed{}.",
+                a.added,
+                a.changed,
+                a.destroyed,
+                if a.adopted > 0 {
+                    format!(", {} recorded from tags", a.adopted)
+                } else {
+                    String::new()
+                }
+            ),
+            Operation::Destroy => {
+                println!("\nDestroy complete! Resources: {} destroyed.", a.destroyed)
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,354 @@
+//! `apply` killed with SIGKILL at several points, then run again: the emulator's
+//! resources match the state one to one, nothing leaked or duplicated. And after
+//! `destroy`, nothing tagged by the deployer is left (in an emulator of its own).
+
+mod common;
+
+use aws_sdk_ec2::types::Filter;
+use common::{Setup, assert_state_matches_emulator, setup};
+
+/// Kills an apply at each of `points` in turn (each run resumes the previous one),
+/// then lets one finish.
+async fn crash_and_converge(s: &Setup, points: &[&str]) {
+    for point in points {
+        let run = s.start_until(
+            &["apply", "--auto-approve", "--lock-timeout", "30s"],
+            &[("DEPLOYER_FAULT", point)],
+            "fault point",
+        );
+        assert!(run.log.contains(point), "{}", run.log);
+        run.kill9();
+    }
+    let r = s.run(&["apply", "--auto-approve", "--lock-timeout", "30s"]);
+    assert_eq!(r.code, 0, "after kills at {points:?}:\n{}", r.all());
+    assert_state_matches_emulator(s).await;
+    let plan = s.run(&["plan", "--detailed-exitcode", "--lock-timeout", "30s"]);
+    assert_eq!(plan.code, 0, "converged after {points:?}:\n{}", plan.all());
+}
+
+// The worst window: the resource exists in AWS, the state does not know it yet.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_between_create_and_state_write_ec2_resources() {
+    let s = setup(harness::moto());
+    s.ok(&["init"]);
+    crash_and_converge(
+        &s,
+        &[
+            "after-create:aws_vpc.main",
+            "after-create:aws_subnet.main",
+            "after-create:aws_internet_gateway.main",
+            "after-create:aws_internet_gateway_attachment.main",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_between_create_and_state_write_routes_and_security_group() {
+    let s = setup(harness::moto());
+    s.ok(&["init"]);
+    crash_and_converge(
+        &s,
+        &[
+            "after-create:aws_route_table.main",
+            "after-create:aws_route.default",
+            "after-create:aws_route_table_association.main",
+            "after-create:aws_security_group.api",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_between_create_and_state_write_iam_and_eip() {
+    let s = setup(harness::moto());
+    s.ok(&["init"]);
+    crash_and_converge(
+        &s,
+        &[
+            "after-create:aws_iam_role.instance",
+            "after-create:aws_iam_role_policy.artifact_read",
+            "after-create:aws_iam_instance_profile.instance",
+            "after-create:aws_eip.api",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_before_creates_and_after_state_writes() {
+    let s = setup(harness::moto());
+    s.ok(&["init"]);
+    crash_and_converge(
+        &s,
+        &[
+            "before-create:aws_vpc.main",
+            "after-record:aws_vpc.main",
+            "before-create:aws_route.default",
+            "after-record:aws_security_group.api",
+            "before-create:aws_eip.api",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_during_destroy_then_destroy_again_leaves_nothing() {
+    let s = setup(harness::moto());
+    s.ok(&["init"]);
+    s.ok(&["apply", "--auto-approve"]);
+    let run = s.start_until(
+        &["destroy", "--auto-approve"],
+        &[(
+            "DEPLOYER_FAULT",
+            "after-delete:aws_route_table_association.main",
+        )],
+        "fault point",
+    );
+    run.kill9();
+    let r = s.run(&["destroy", "--auto-approve", "--lock-timeout", "30s"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_nothing_tagged_for_app(&s).await;
+}
+
+async fn assert_nothing_tagged_for_app(s: &Setup) {
+    let c = s.clients().await;
+    let f = |k: &str, v: &str| Filter::builder().name(k).values(v).build();
+    let app = s.cfg.app.as_str();
+    assert!(
+        c.ec2
+            .describe_vpcs()
+            .filters(f("tag:app", app))
+            .send()
+            .await
+            .expect("vpcs")
+            .vpcs()
+            .is_empty()
+    );
+    assert!(
+        c.ec2
+            .describe_subnets()
+            .filters(f("tag:app", app))
+            .send()
+            .await
+            .expect("subnets")
+            .subnets()
+            .is_empty()
+    );
+    assert!(
+        c.ec2
+            .describe_internet_gateways()
+            .filters(f("tag:app", app))
+            .send()
+            .await
+            .expect("igws")
+            .internet_gateways()
+            .is_empty()
+    );
+    assert!(
+        c.ec2
+            .describe_route_tables()
+            .filters(f("tag:app", app))
+            .send()
+            .await
+            .expect("rtbs")
+            .route_tables()
+            .is_empty()
+    );
+    assert!(
+        c.ec2
+            .describe_security_groups()
+            .filters(f("tag:app", app))
+            .send()
+            .await
+            .expect("sgs")
+            .security_groups()
+            .is_empty()
+    );
+    assert!(
+        c.ec2
+            .describe_addresses()
+            .filters(f("tag:app", app))
+            .send()
+            .await
+            .expect("eips")
+            .addresses()
+            .is_empty()
+    );
+    assert!(
+        c.iam
+            .get_role()
+            .role_name(format!("{app}-instance"))
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        c.iam
+            .get_instance_profile()
+            .instance_profile_name(format!("{app}-instance"))
+            .send()
+            .await
+            .is_err()
+    );
+    let state = s.deployer().await.read_state().await.expect("state");
+    assert!(state.resources.is_empty(), "{state:#?}");
+}
+
+/// Whether the EC2 resource `id` still exists (instances: not terminated).
+async fn exists(c: &deployer::aws::Clients, id: &str) -> bool {
+    let e = &c.ec2;
+    let prefix = id.split('-').next().unwrap_or("");
+    match prefix {
+        "i" => e
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .is_ok_and(|o| {
+                o.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .any(|i| {
+                        i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated")
+                    })
+            }),
+        "vpc" => e
+            .describe_vpcs()
+            .vpc_ids(id)
+            .send()
+            .await
+            .is_ok_and(|o| !o.vpcs().is_empty()),
+        "subnet" => e
+            .describe_subnets()
+            .subnet_ids(id)
+            .send()
+            .await
+            .is_ok_and(|o| !o.subnets().is_empty()),
+        "igw" => e
+            .describe_internet_gateways()
+            .internet_gateway_ids(id)
+            .send()
+            .await
+            .is_ok_and(|o| !o.internet_gateways().is_empty()),
+        "rtb" => e
+            .describe_route_tables()
+            .route_table_ids(id)
+            .send()
+            .await
+            .is_ok_and(|o| !o.route_tables().is_empty()),
+        "sg" => e
+            .describe_security_groups()
+            .group_ids(id)
+            .send()
+            .await
+            .is_ok_and(|o| !o.security_groups().is_empty()),
+        "eipalloc" => e
+            .describe_addresses()
+            .allocation_ids(id)
+            .send()
+            .await
+            .is_ok_and(|o| !o.addresses().is_empty()),
+        "vol" => e
+            .describe_volumes()
+            .volume_ids(id)
+            .send()
+            .await
+            .is_ok_and(|o| !o.volumes().is_empty()),
+        _ => true,
+    }
+}
+
+/// In an emulator of its own: after `destroy`, no resource carries the deployer's
+/// tags (instances terminated), and the IAM role and profile are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_destroy_nothing_tagged_by_the_deployer_is_left() {
+    let private: &'static harness::Moto =
+        Box::leak(Box::new(harness::Moto::start().expect("moto")));
+    let s = setup(private);
+    s.ok(&["init"]);
+    s.ok(&["apply", "--auto-approve"]);
+    let d = s.deployer().await;
+    let state = d.read_state().await.expect("state");
+    let ami = deployer::instances::resolve_ami(&d.clients, &d.cfg.ami.selector())
+        .await
+        .expect("ami");
+    for color in [deployer::state::Color::Blue, deployer::state::Color::Green] {
+        deployer::instances::launch_instance(
+            &d.clients,
+            &deployer::instances::LaunchSpec {
+                cfg: &d.cfg,
+                ami: &ami,
+                subnet_id: &state.resources["aws_subnet.main"].id,
+                security_group_id: &state.resources["aws_security_group.api"].id,
+                instance_profile: &state.resources["aws_iam_instance_profile.instance"].id,
+                user_data: "#!/bin/sh\n",
+                color,
+                release: "v1",
+            },
+        )
+        .await
+        .expect("launch");
+    }
+    let c = &d.clients;
+    let tagged = || async {
+        let out = c
+            .ec2
+            .describe_tags()
+            .filters(Filter::builder().name("key").values("managed-by").build())
+            .send()
+            .await
+            .expect("describe tags");
+        let mut left = Vec::new();
+        for t in out.tags() {
+            let id = t.resource_id().unwrap_or_default().to_string();
+            // moto keeps the tags of deleted resources: count only what still exists.
+            if !exists(c, &id).await {
+                continue;
+            }
+            left.push(format!("{:?} {id}", t.resource_type()));
+        }
+        left
+    };
+    assert!(
+        tagged().await.len() >= 8,
+        "tagged before destroy: {:?}",
+        tagged().await
+    );
+
+    let plan = s.ok(&["plan", "--destroy"]);
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to add, 0 to change, 14 to destroy."),
+        "{}",
+        plan.stdout
+    );
+    let r = s.ok(&["destroy", "--auto-approve"]);
+    assert!(
+        r.stdout
+            .contains("Destroy complete! Resources: 14 destroyed."),
+        "{}",
+        r.all()
+    );
+
+    assert_eq!(
+        tagged().await,
+        Vec::<String>::new(),
+        "nothing tagged by the deployer is left"
+    );
+    let roles = c.iam.list_roles().send().await.expect("roles");
+    assert!(roles.roles().is_empty(), "{:?}", roles.roles());
+    let profiles = c
+        .iam
+        .list_instance_profiles()
+        .send()
+        .await
+        .expect("profiles");
+    assert!(profiles.instance_profiles().is_empty());
+    let eips = c.ec2.describe_addresses().send().await.expect("addresses");
+    assert!(eips.addresses().is_empty());
+    assert_nothing_tagged_for_app(&s).await;
+    // And a plan now wants the whole stack again.
+    let again = s.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(again.code, 2);
+}
