@@ -3,4 +3,10 @@
 //! layer over these modules, so tests drive the same code.
 
 pub mod db;
+pub mod etl;
+pub mod features;
+pub mod generate;
 pub mod logging;
+pub mod progress;
+pub mod quality;
+pub mod runs;

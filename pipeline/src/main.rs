@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 use pipeline::db;
 
+mod etl_cli;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +27,9 @@ enum Command {
     /// Database schema and users.
     #[command(subcommand)]
     Db(DbCommand),
+    /// ETL, schedule, quality checks, features and the data generator.
+    #[command(flatten)]
+    Etl(etl_cli::EtlCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +49,7 @@ fn database_url(cli: &Cli) -> anyhow::Result<&str> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Etl(cmd) => etl_cli::run(cmd, cli.database_url.as_deref()).await?,
         Command::Db(DbCommand::Migrate) => {
             let pool = db::connect(database_url(&cli)?).await?;
             let report = db::migrate(&pool).await?;

@@ -1,0 +1,286 @@
+//! The typed schema of every input file and its row-level checks, as polars
+//! expressions over the typed columns. Every column is also checked for type (a value
+//! that does not parse) and, unless nullable, for presence; those checks are derived
+//! from the column list by the validator.
+
+use polars::prelude::*;
+
+use super::Month;
+use crate::quality::Severity;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// 64-bit integer.
+    Int,
+    /// 64-bit float.
+    Float,
+    /// `YYYY-MM-DD`.
+    Date,
+    Text,
+}
+
+impl Kind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Int => "an integer",
+            Kind::Float => "a number",
+            Kind::Date => "a date (YYYY-MM-DD)",
+            Kind::Text => "text",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Column {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub nullable: bool,
+}
+
+const fn col_(name: &'static str, kind: Kind) -> Column {
+    Column {
+        name,
+        kind,
+        nullable: false,
+    }
+}
+
+/// A row check: `fails` is true on the rows that break it.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// Same names as the table-level checks of `pipeline check`.
+    pub name: String,
+    /// The column an error is reported against.
+    pub column: &'static str,
+    pub severity: Severity,
+    pub fails: Expr,
+    /// What a failing value breaks, for the error message.
+    pub message: String,
+}
+
+/// One input file: its columns (header names, in the file's usual order) and checks.
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    /// Relative path in the source.
+    pub file: String,
+    /// The table its rows go to.
+    pub table: &'static str,
+    pub columns: Vec<Column>,
+    pub rules: Vec<Rule>,
+}
+
+impl FileSpec {
+    pub fn header(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn column_list(&self) -> String {
+        self.header()
+    }
+}
+
+fn accepted(column: &'static str, values: &[&str], severity: Severity) -> Rule {
+    let mut ok = lit(false);
+    for v in values {
+        ok = ok.or(col(column).eq(lit(*v)));
+    }
+    Rule {
+        name: format!("accepted_values({column})"),
+        column,
+        severity,
+        fails: col(column).is_not_null().and(ok.not()),
+        message: format!("not one of {}", values.join(", ")),
+    }
+}
+
+fn accepted_int(column: &'static str, values: &[i64], severity: Severity) -> Rule {
+    let mut ok = lit(false);
+    for v in values {
+        ok = ok.or(col(column).eq(lit(*v)));
+    }
+    let list: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    Rule {
+        name: format!("accepted_values({column})"),
+        column,
+        severity,
+        fails: col(column).is_not_null().and(ok.not()),
+        message: format!("not one of {}", list.join(", ")),
+    }
+}
+
+fn int_range(column: &'static str, min: i64, max: i64, severity: Severity) -> Rule {
+    Rule {
+        name: format!("range({column})"),
+        column,
+        severity,
+        fails: col(column)
+            .lt(lit(min))
+            .or(col(column).gt(lit(max)))
+            .fill_null(lit(false)),
+        message: format!("outside {min}..={max}"),
+    }
+}
+
+fn float_range(column: &'static str, min: f64, max: f64, severity: Severity) -> Rule {
+    Rule {
+        name: format!("range({column})"),
+        column,
+        severity,
+        fails: col(column)
+            .lt(lit(min))
+            .or(col(column).gt(lit(max)))
+            .fill_null(lit(false)),
+        message: format!("outside {min}..={max}"),
+    }
+}
+
+fn finite(column: &'static str) -> Rule {
+    Rule {
+        name: format!("finite({column})"),
+        column,
+        severity: Severity::Error,
+        fails: col(column).is_finite().not().fill_null(lit(false)),
+        message: "not a finite number".into(),
+    }
+}
+
+fn non_empty(column: &'static str) -> Rule {
+    Rule {
+        name: format!("not_blank({column})"),
+        column,
+        severity: Severity::Error,
+        fails: col(column)
+            .str()
+            .strip_chars(lit(NULL))
+            .str()
+            .len_bytes()
+            .eq(lit(0u32))
+            .fill_null(lit(false)),
+        message: "blank text".into(),
+    }
+}
+
+const I32_MAX: i64 = i32::MAX as i64;
+
+/// `customer_profiles.csv`: `idx,attr_a,attr_b,attr_c`.
+pub fn customer_profiles() -> FileSpec {
+    FileSpec {
+        file: "customer_profiles.csv".into(),
+        table: "customer_profiles",
+        columns: vec![
+            col_("idx", Kind::Int),
+            col_("attr_a", Kind::Int),
+            col_("attr_b", Kind::Text),
+            col_("attr_c", Kind::Text),
+        ],
+        rules: vec![
+            int_range("idx", 0, i64::MAX, Severity::Error),
+            int_range("attr_a", 1, 5, Severity::Error),
+            accepted("attr_b", &["a", "b", "c", "d"], Severity::Error),
+            accepted("attr_c", &["yes", "no"], Severity::Error),
+        ],
+    }
+}
+
+/// `labels.csv`: `idx,label`.
+pub fn labels() -> FileSpec {
+    FileSpec {
+        file: "labels.csv".into(),
+        table: "labels",
+        columns: vec![col_("idx", Kind::Int), col_("label", Kind::Int)],
+        rules: vec![
+            int_range("idx", 0, i64::MAX, Severity::Error),
+            accepted_int("label", &[0, 1], Severity::Error),
+        ],
+    }
+}
+
+/// `customer_activity.csv`: `idx,valid_from,valid_to,scd_a,scd_b`, type-2 history; an
+/// empty `valid_to` marks the current row. Periods are half-open:
+/// `[valid_from, valid_to)`.
+pub fn customer_activity() -> FileSpec {
+    FileSpec {
+        file: "customer_activity.csv".into(),
+        table: "customer_activity",
+        columns: vec![
+            col_("idx", Kind::Int),
+            col_("valid_from", Kind::Date),
+            Column {
+                name: "valid_to",
+                kind: Kind::Date,
+                nullable: true,
+            },
+            col_("scd_a", Kind::Float),
+            col_("scd_b", Kind::Int),
+        ],
+        rules: vec![
+            int_range("idx", 0, i64::MAX, Severity::Error),
+            Rule {
+                name: "valid_from_before_valid_to".into(),
+                column: "valid_to",
+                severity: Severity::Error,
+                fails: col("valid_to")
+                    .lt_eq(col("valid_from"))
+                    .fill_null(lit(false)),
+                message: "valid_to is not after valid_from".into(),
+            },
+            finite("scd_a"),
+            int_range("scd_b", -I32_MAX, I32_MAX, Severity::Error),
+        ],
+    }
+}
+
+/// `stores.csv`: `idx,location`.
+pub fn stores() -> FileSpec {
+    FileSpec {
+        file: "stores.csv".into(),
+        table: "store_locations",
+        columns: vec![col_("idx", Kind::Int), col_("location", Kind::Text)],
+        rules: vec![
+            int_range("idx", 1, I32_MAX, Severity::Error),
+            non_empty("location"),
+        ],
+    }
+}
+
+/// `sales/YYYY-MM-01/sales.csv`: `idx,value,date,store_idx`; every date must fall in
+/// the file's month (a row of another month would land in, and be replaced with,
+/// that other month).
+pub fn sales(month: Month) -> FileSpec {
+    // Dates compare as days since 1970-01-01 (a date literal would need polars'
+    // dtype-datetime feature).
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+    let first = (month.first_day() - epoch).num_days() as i32;
+    let next = (month.next().first_day() - epoch).num_days() as i32;
+    let day = || col("date").cast(DataType::Int32);
+    FileSpec {
+        file: month.sales_file(),
+        table: "sales",
+        columns: vec![
+            col_("idx", Kind::Int),
+            col_("value", Kind::Float),
+            col_("date", Kind::Date),
+            col_("store_idx", Kind::Int),
+        ],
+        rules: vec![
+            int_range("idx", 0, i64::MAX, Severity::Error),
+            finite("value"),
+            float_range("value", 0.0, 10.0, Severity::Warn),
+            Rule {
+                name: "date_in_month(date)".into(),
+                column: "date",
+                severity: Severity::Error,
+                fails: day()
+                    .lt(lit(first))
+                    .or(day().gt_eq(lit(next)))
+                    .fill_null(lit(false)),
+                message: format!("not in {month}"),
+            },
+            int_range("store_idx", 1, I32_MAX, Severity::Error),
+        ],
+    }
+}
