@@ -152,7 +152,16 @@ async fn many_contenders_one_winner() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_applies_started_together_one_runs_the_other_names_the_holder() {
-    let s = setup(harness::moto());
+    two_applies(vec![]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_applies_started_together_with_s3_locking() {
+    two_applies(s3_backend()).await;
+}
+
+async fn two_applies(extra: Vec<(&str, &str, toml::Value)>) {
+    let s = setup_with(harness::moto(), &extra);
     s.ok(&["init"]);
     let spawn = || {
         s.cmd(&["apply", "--auto-approve"])

@@ -507,3 +507,46 @@ async fn broken_config_is_refused_naming_line_and_key() {
         r.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_errors_name_the_resource_the_action_and_the_code() {
+    // No `init`: the lock table and the state bucket do not exist.
+    let s = setup(harness::moto());
+    let r = s.run(&["plan"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let last = r
+        .stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.starts_with("error: plan: "), "{last}");
+    assert!(
+        last.contains(&format!(
+            "table {}",
+            s.cfg.lock.table.clone().unwrap_or_default()
+        )),
+        "{last}"
+    );
+    assert!(
+        last.contains("PutItem failed: ResourceNotFoundException"),
+        "{last}"
+    );
+
+    // With S3 locking, the missing bucket is named with the action and the code.
+    let s = setup_with(
+        harness::moto(),
+        &[("lock", "backend", toml::Value::String("s3".into()))],
+    );
+    let r = s.run(&["plan", "--no-lock"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!(
+            "s3://{}/{}: GetObject failed: NoSuchBucket",
+            s.cfg.state.bucket, s.cfg.state.key
+        )),
+        "{}",
+        r.stderr
+    );
+}
