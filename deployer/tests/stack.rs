@@ -550,3 +550,120 @@ async fn aws_errors_name_the_resource_the_action_and_the_code() {
         r.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_the_vpc_cidr_replaces_the_network_in_dependency_order() {
+    let s = setup(harness::moto());
+    s.ok(&["init"]);
+    s.ok(&["apply", "--auto-approve"]);
+    let before = s.deployer().await.read_state().await.expect("state");
+
+    let mut doc: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&s.config_path).expect("cfg")).expect("toml");
+    doc.insert(
+        "vpc_cidr".into(),
+        toml::Value::String("10.77.0.0/16".into()),
+    );
+    doc.insert(
+        "subnet_cidr".into(),
+        toml::Value::String("10.77.1.0/24".into()),
+    );
+    std::fs::write(&s.config_path, toml::to_string(&doc).expect("toml")).expect("write");
+
+    let plan = s.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    let out = &plan.stdout;
+    assert!(out.contains("# aws_vpc.main must be replaced"), "{out}");
+    assert!(out.contains("-/+ resource \"aws_vpc\" \"main\" {"), "{out}");
+    assert!(
+        out.contains("~ cidr_block = \"10.42.0.0/16\" -> \"10.77.0.0/16\" # forces replacement"),
+        "{out}"
+    );
+    assert!(
+        out.contains("-> (known after apply) # forces replacement"),
+        "{out}"
+    );
+    // VPC, subnet, attachment, route table, route, association, security group.
+    assert!(
+        out.contains("Plan: 7 to add, 0 to change, 7 to destroy."),
+        "{out}"
+    );
+
+    let r = s.ok(&["apply", "--auto-approve"]);
+    assert!(
+        r.stdout.contains("7 added, 0 changed, 7 destroyed"),
+        "{}",
+        r.all()
+    );
+    let after = assert_state_matches_emulator(&s).await;
+    assert_ne!(
+        after.resources["aws_vpc.main"].id,
+        before.resources["aws_vpc.main"].id
+    );
+    assert_eq!(
+        after.resources["aws_eip.api"].id,
+        before.resources["aws_eip.api"].id
+    );
+    assert_eq!(after.lineage, before.lineage);
+    let old_vpc = &before.resources["aws_vpc.main"].id;
+    let c = s.clients().await;
+    assert!(
+        c.ec2.describe_vpcs().vpc_ids(old_vpc).send().await.is_err(),
+        "old VPC deleted"
+    );
+    assert_eq!(s.run(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
+/// `apply` in a terminal asks, and only `yes` goes ahead (a pseudo-terminal through
+/// util-linux `script`).
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_in_a_terminal_asks_and_only_yes_applies() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: util-linux `script` is not installed");
+        return;
+    }
+    let s = setup(harness::moto());
+    s.ok(&["init"]);
+    let in_tty = |answer: &str| {
+        let inner = format!(
+            "{} --config {} apply",
+            env!("CARGO_BIN_EXE_deployer"),
+            path_str(&s.config_path)
+        );
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &inner, "/dev/null"]);
+        for (k, v) in s.moto.env() {
+            c.env(k, v);
+        }
+        c.env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("script");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(format!("{answer}\n").as_bytes())
+                .expect("answer");
+        }
+        common::Run::from(child.wait_with_output().expect("wait"))
+    };
+    let no = in_tty("no");
+    assert!(no.stdout.contains("Enter a value:"), "{}", no.all());
+    assert!(no.stdout.contains("apply cancelled"), "{}", no.all());
+    let state = s.deployer().await.read_state().await.expect("state");
+    assert!(state.resources.is_empty(), "nothing applied after `no`");
+
+    let yes = in_tty("yes");
+    assert!(
+        yes.stdout.contains("Apply complete! Resources: 12 added"),
+        "{}",
+        yes.all()
+    );
+    assert_state_matches_emulator(&s).await;
+}
