@@ -101,9 +101,9 @@ pub enum EtlCommand {
     BuildFeatures,
     /// Run every data-quality check on the tables, store and print the results.
     Check {
-        /// Only the checks of this table.
+        /// Only the checks of these tables (repeat the flag for several).
         #[arg(long)]
-        table: Option<String>,
+        table: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -282,10 +282,10 @@ pub async fn run(cmd: &EtlCommand, database_url: Option<&str>) -> anyhow::Result
         EtlCommand::Check { table, json } => {
             let pool = pool(database_url).await?;
             let mut checks = quality::all_checks();
-            if let Some(t) = table {
-                checks.retain(|c| c.table == t);
+            if !table.is_empty() {
+                checks.retain(|c| table.iter().any(|t| t == c.table));
                 if checks.is_empty() {
-                    bail!("no checks for table {t:?}");
+                    bail!("no checks for table(s) {table:?}");
                 }
             }
             let (id, _) = runs::start(&pool, runs::JOB_CHECK, runs::PERIOD_ALL).await?;
