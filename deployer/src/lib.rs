@@ -8,10 +8,12 @@
 //! * [`plan`] — refresh, diff, render; [`engine`]: apply in dependency order.
 //! * [`instances`] — AMI resolution and the instance launch used by releases.
 //! * [`init`] — the state bucket and the lock table.
+//! * [`github`] — the plan comment on pull requests.
 
 pub mod aws;
 pub mod config;
 pub mod engine;
+pub mod github;
 pub mod init;
 pub mod instances;
 pub mod lock;

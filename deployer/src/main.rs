@@ -82,6 +82,20 @@ enum Command {
     ForceUnlock { id: String },
     /// Show who holds the state lock, if anyone.
     LockInfo,
+    /// Post a saved plan as a comment on a pull request, editing the deployer's earlier
+    /// comment there instead of adding another. Repository, token and API address come
+    /// from GITHUB_REPOSITORY, GITHUB_TOKEN and GITHUB_API_URL.
+    Comment {
+        /// The pull request's number.
+        #[arg(long)]
+        pr: u64,
+        /// A plan saved with `plan --out`.
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// The commit the plan was made for (default: GITHUB_SHA).
+        #[arg(long, env = "GITHUB_SHA")]
+        commit: Option<String>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -134,6 +148,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Needs no configuration and no AWS: only the saved plan and GitHub.
+    if let Command::Comment { pr, plan, commit } = &cli.command {
+        return run_comment(*pr, plan, commit.as_deref()).await;
+    }
     let cfg = Config::load(&cli.config)?;
     let clients = Clients::load(&cfg.region).await;
     let d = Deployer::new(cfg, clients);
@@ -240,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             println!("Removed the lock: {info}.");
             Ok(0)
         }
+        Command::Comment { .. } => unreachable!("handled before the configuration is loaded"),
         Command::LockInfo => {
             match d.locker().current().await.context("reading the lock")? {
                 Some(info) => println!("{info}"),
@@ -304,6 +323,25 @@ async fn run_apply(
                 println!("\nDestroy complete! Resources: {} destroyed.", a.destroyed)
             }
         }
+    }
+    Ok(0)
+}
+
+async fn run_comment(
+    pr: u64,
+    plan_file: &std::path::Path,
+    commit: Option<&str>,
+) -> anyhow::Result<u8> {
+    use deployer::github;
+    let target = github::GithubTarget::from_env()?;
+    let text = std::fs::read_to_string(plan_file)
+        .with_context(|| format!("reading the plan {}", plan_file.display()))?;
+    let plan: Plan = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a saved plan", plan_file.display()))?;
+    let body = github::render_comment(&plan, commit);
+    match github::post(&target, pr, &plan.app, &body).await? {
+        github::Posted::Created { id } => println!("Posted the plan on #{pr} (comment {id})."),
+        github::Posted::Updated { id } => println!("Updated the plan on #{pr} (comment {id})."),
     }
     Ok(0)
 }
