@@ -3,7 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Progress {
     bar: Option<ProgressBar>,
 }

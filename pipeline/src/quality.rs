@@ -359,23 +359,36 @@ pub async fn record(
     run_id: Option<i64>,
     results: &[CheckResult],
 ) -> Result<(), sqlx::Error> {
-    for r in results {
-        sqlx::query(
-            "INSERT INTO dq_results \
-               (run_id, table_name, check_name, severity, passed, failing_rows, sample, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)",
-        )
-        .bind(run_id)
-        .bind(&r.table)
-        .bind(&r.check)
-        .bind(r.severity.as_str())
-        .bind(r.passed)
-        .bind(r.failing_rows)
-        .bind(r.sample.to_string())
-        .bind(&r.detail)
-        .execute(pool)
-        .await?;
+    if results.is_empty() {
+        return Ok(());
     }
+    // One statement for the lot: a load records dozens of results.
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "table_name": r.table,
+                "check_name": r.check,
+                "severity": r.severity.as_str(),
+                "passed": r.passed,
+                "failing_rows": r.failing_rows,
+                "sample": r.sample,
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO dq_results \
+           (run_id, table_name, check_name, severity, passed, failing_rows, sample, detail) \
+         SELECT $1, x.table_name, x.check_name, x.severity, x.passed, x.failing_rows, \
+                x.sample, x.detail \
+         FROM jsonb_to_recordset($2::jsonb) AS x(table_name text, check_name text, \
+              severity text, passed boolean, failing_rows bigint, sample jsonb, detail text)",
+    )
+    .bind(run_id)
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -326,3 +326,51 @@ async fn transient_failures_are_retried_and_every_attempt_recorded() {
 fn aws_credential_types_free() -> aws_sdk_s3::config::Credentials {
     aws_sdk_s3::config::Credentials::new("AKIATEST", harness::unique("k"), None, None, "test")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_the_old_customer_tables_or_the_new_never_half() {
+    let (_db, pool) = database().await;
+    let old = Bucket::new("etl-atomic-old").await;
+    old.generate(20_000, 1, 1).await;
+    let new = Bucket::new("etl-atomic-new").await;
+    new.generate(30_000, 1, 2).await;
+    let s = runs::load_customers(&loader(&pool, old.source()), &fast_retry())
+        .await
+        .expect("ledger");
+    assert_eq!(s.status, Status::Success, "{:?}", s.error);
+
+    // Poll from other connections while the new files load.
+    let reader = pool.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let poller = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let (p, l): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM customer_profiles), (SELECT count(*) FROM labels)",
+            )
+            .fetch_one(&reader)
+            .await
+            .expect("poll");
+            seen.insert((p, l));
+        }
+        seen
+    });
+    let l = loader(&pool, new.source());
+    let s = runs::load_customers(&l, &fast_retry())
+        .await
+        .expect("ledger");
+    assert_eq!(s.status, Status::Success, "{:?}", s.error);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = poller.await.expect("poller");
+    println!("states seen by readers: {seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| *s == (20_000, 20_000) || *s == (30_000, 30_000)),
+        "{seen:?}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM customer_profiles").await,
+        30_000
+    );
+}

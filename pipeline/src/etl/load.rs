@@ -224,23 +224,50 @@ impl Loader {
             "COPY {target} ({}) FROM STDIN WITH (FORMAT csv)",
             spec.column_list()
         );
-        let mut v = Validator::new(spec, location.clone());
+        let v = Validator::new(spec, location.clone());
         let mut copy = conn.copy_in_raw(&statement).await?;
-        let streamed: Result<(), EtlError> = async {
-            loop {
-                let more = reader.read_into(v.buffer()).await?;
-                if v.buffered() >= self.chunk_bytes || !more {
-                    if let Some(rows) = v.take_chunk(!more)? {
-                        copy.send(rows).await?;
+
+        // Read and validate on a task of its own while this one feeds COPY, so polars'
+        // parsing overlaps PostgreSQL's ingest. The channel holds two chunks: memory
+        // stays bounded by a few chunks whatever the file size.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let chunk_bytes = self.chunk_bytes;
+        let bar = progress.clone();
+        let producer = tokio::spawn(async move {
+            let mut v = v;
+            let r: Result<(), EtlError> = async {
+                loop {
+                    let more = reader.read_into(v.buffer()).await?;
+                    if v.buffered() >= chunk_bytes || !more {
+                        if let Some(rows) = v.take_chunk(!more)?
+                            && tx.send(rows).await.is_err()
+                        {
+                            // COPY failed: the consumer reports why.
+                            return Ok(());
+                        }
+                        bar.set(v.consumed());
                     }
-                    progress.set(v.consumed());
-                }
-                if !more {
-                    return Ok(());
+                    if !more {
+                        return Ok(());
+                    }
                 }
             }
+            .await;
+            (v, r)
+        });
+        let mut sent: Result<(), EtlError> = Ok(());
+        while let Some(rows) = rx.recv().await {
+            if let Err(e) = copy.send(rows).await {
+                sent = Err(EtlError::Db(e));
+                break;
+            }
         }
-        .await;
+        drop(rx);
+        let (v, produced) = producer
+            .await
+            .map_err(|e| EtlError::Config(format!("the validating task failed: {e}")))?;
+        // A bad line is the cause when there is one; else whatever COPY said.
+        let streamed = produced.and(sent);
         checks.extend(v.results());
         progress.finish();
         match streamed {
