@@ -95,22 +95,49 @@ fn join(path: &str, key: &str) -> String {
 
 fn instance(raw: &RawValue, path: &str) -> Result<PredictRequest, ParseError> {
     let [idx, features] = fields(raw, path, ["idx", "features"])?;
-    let fpath = join(path, "features");
-    let [attr_a, attr_b, scd_a, scd_b] =
-        fields(features, &fpath, ["attr_a", "attr_b", "scd_a", "scd_b"])?;
+    // Field paths are only built when there is an error to report.
+    let at = |key: &str| join(path, key);
+    let fat = |key: &str| join(&join(path, "features"), key);
+    let [attr_a, attr_b, scd_a, scd_b] = fields(
+        features,
+        &at("features"),
+        ["attr_a", "attr_b", "scd_a", "scd_b"],
+    )?;
     Ok(PredictRequest {
-        idx: integer(idx, &join(path, "idx"))?,
+        idx: integer(idx).map_err(|r| invalid(at("idx"), r))?,
         features: Features {
-            attr_a: integer(attr_a, &join(&fpath, "attr_a"))?,
-            attr_b: string(attr_b, &join(&fpath, "attr_b"))?,
-            scd_a: number(scd_a, &join(&fpath, "scd_a"))?,
-            scd_b: integer(scd_b, &join(&fpath, "scd_b"))?,
+            attr_a: integer(attr_a).map_err(|r| invalid(fat("attr_a"), r))?,
+            attr_b: string(attr_b).map_err(|r| invalid(fat("attr_b"), r))?,
+            scd_a: number(scd_a).map_err(|r| invalid(fat("scd_a"), r))?,
+            scd_b: integer(scd_b).map_err(|r| invalid(fat("scd_b"), r))?,
         },
     })
 }
 
+/// An object key, borrowed from the body unless it holds escapes.
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// The object's members, in order, duplicates kept (to refuse them).
-struct Members<'a>(Vec<(String, &'a RawValue)>);
+struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -122,7 +149,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     out.push((k, v));
                 }
                 Ok(Members(out))
@@ -147,6 +174,7 @@ fn fields<'a, const N: usize>(
     })?;
     let mut found: [Option<&RawValue>; N] = [None; N];
     for (k, v) in members.0 {
+        let k = k.0;
         match names.iter().position(|n| *n == k) {
             None => {
                 return Err(invalid(
@@ -179,40 +207,37 @@ fn kind(raw: &RawValue) -> &'static str {
     }
 }
 
-fn integer(raw: &RawValue, path: &str) -> Result<i64, ParseError> {
+fn integer(raw: &RawValue) -> Result<i64, String> {
     let text = raw.get().trim();
     let k = kind(raw);
     if k != "a number" {
-        return Err(invalid(path, format!("expected an integer, got {k}")));
+        return Err(format!("expected an integer, got {k}"));
     }
     if text.contains(['.', 'e', 'E']) {
-        return Err(invalid(
-            path,
-            format!("expected an integer, got the number {text}"),
-        ));
+        return Err(format!("expected an integer, got the number {text}"));
     }
     text.parse::<i64>()
-        .map_err(|_| invalid(path, format!("integer {text} is out of range")))
+        .map_err(|_| format!("integer {text} is out of range"))
 }
 
-fn number(raw: &RawValue, path: &str) -> Result<f64, ParseError> {
+fn number(raw: &RawValue) -> Result<f64, String> {
     let text = raw.get().trim();
     let k = kind(raw);
     if k != "a number" {
-        return Err(invalid(path, format!("expected a number, got {k}")));
+        return Err(format!("expected a number, got {k}"));
     }
     match text.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(invalid(path, format!("{text} is not a finite number"))),
+        _ => Err(format!("{text} is not a finite number")),
     }
 }
 
-fn string(raw: &RawValue, path: &str) -> Result<String, ParseError> {
+fn string(raw: &RawValue) -> Result<String, String> {
     let k = kind(raw);
     if k != "a string" {
-        return Err(invalid(path, format!("expected a string, got {k}")));
+        return Err(format!("expected a string, got {k}"));
     }
-    serde_json::from_str::<String>(raw.get()).map_err(|e| invalid(path, e.to_string()))
+    serde_json::from_str::<String>(raw.get()).map_err(|e| e.to_string())
 }
 
 /// The answer to `POST /predict`.

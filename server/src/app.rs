@@ -160,7 +160,7 @@ impl AppState {
 
 type Resp = Response<Full<Bytes>>;
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
+fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Resp {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = status;
@@ -284,7 +284,7 @@ where
                 release: state.config.release.clone(),
                 model_version: current_version(state),
             };
-            json_response(StatusCode::OK, &json!(v))
+            json_response(StatusCode::OK, &v)
         }
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
@@ -428,7 +428,7 @@ fn predict(state: &AppState, body: &[u8], start: Instant) -> Resp {
         model_version: m.version.to_string(),
     };
     record(state, m, req, p, start);
-    json_response(StatusCode::OK, &json!(out))
+    json_response(StatusCode::OK, &out)
 }
 
 fn predict_batch(state: &AppState, body: &[u8], start: Instant) -> Resp {
@@ -463,7 +463,7 @@ fn predict_batch(state: &AppState, body: &[u8], start: Instant) -> Resp {
     for (r, p) in reqs.into_iter().zip(preds) {
         record(state, m, r, p, start);
     }
-    json_response(StatusCode::OK, &json!(out))
+    json_response(StatusCode::OK, &out)
 }
 
 fn model_info(state: &AppState) -> Resp {

@@ -40,7 +40,7 @@ struct Args {
     /// Seconds in-flight requests get after SIGTERM.
     #[arg(long, env = "SERVER_SHUTDOWN_TIMEOUT", default_value_t = 10.0)]
     shutdown_timeout: f64,
-    /// Seconds a client may take to send its request headers.
+    /// Seconds a client may take to send its request headers (0: no limit).
     #[arg(long, env = "SERVER_HEADER_TIMEOUT", default_value_t = 10.0)]
     header_timeout: f64,
     /// Append every prediction to this JSON lines file.

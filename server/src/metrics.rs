@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: &'static str,
-    pub method: String,
+    pub method: &'static str,
     pub status: u16,
 }
 
@@ -150,11 +150,17 @@ impl Metrics {
             .set(1);
     }
 
-    pub fn observe_request(&self, route: &'static str, method: &str, status: u16, secs: f64) {
+    pub fn observe_request(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        secs: f64,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
-                method: method.to_string(),
+                method,
                 status,
             })
             .inc();

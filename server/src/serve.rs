@@ -42,7 +42,7 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// How long in-flight requests get after SIGTERM.
     pub shutdown_timeout: Duration,
-    /// How long a client may take to send request headers.
+    /// How long a client may take to send request headers (zero: no limit).
     pub header_read_timeout: Duration,
 }
 
@@ -89,10 +89,11 @@ pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeEr
 
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .keep_alive(true);
+    builder.timer(TokioTimer::new()).keep_alive(true);
+    // Zero disables the header timeout (hyper's own default is 30 s).
+    builder.header_read_timeout(
+        (!opts.header_read_timeout.is_zero()).then_some(opts.header_read_timeout),
+    );
 
     let reason = loop {
         tokio::select! {

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Load benchmark on loopback, one run, one table: throughput and p50/p99 latency of
+#   rust        this server (release build), POST /predict
+#   hello       a hello-world hyper server (the ceiling)
+#   flask-dev   the original stack: Flask's development server, same model parameters
+#   gunicorn    Flask under gunicorn with 2 sync workers (the machine's 2 cores)
+# then the ratios the issue asks for: rust / flask-dev (goal >= 20x) and
+# rust / hello (goal >= 60%).
+#
+# Usage: bench/server/run.sh [DURATION_SECONDS] [CONNECTIONS]
+# Everything listens on 127.0.0.1; all processes started here are stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DUR=${1:-10}
+CONNS=${2:-16}
+OUT=out/bench-server
+mkdir -p "$OUT"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+cargo build --release -q -p server --bin server --example hello --example loadgen
+BIN=target/release
+LOADGEN=$BIN/examples/loadgen
+
+VENV=$OUT/venv
+if [ ! -x "$VENV/bin/gunicorn" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q -r bench/server/requirements.txt
+fi
+
+MODELS=$OUT/models
+"$LOADGEN" --make-artifact "$MODELS" >/dev/null
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 200); do
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listening on $1" >&2; return 1
+}
+run() { # name port
+  wait_port "$2"
+  "$LOADGEN" --name "$1" --target "127.0.0.1:$2" --duration 1 --connections "$CONNS" >/dev/null  # warm-up
+  "$LOADGEN" --name "$1" --target "127.0.0.1:$2" --duration "$DUR" --connections "$CONNS" | tee -a "$OUT/results.jsonl"
+}
+stop_last() { kill "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; }
+: > "$OUT/results.jsonl"
+
+P=$(port); "$BIN/server" --model "$MODELS" --listen "127.0.0.1:$P" --log-format text >"$OUT/server.log" 2>&1 & PIDS+=($!)
+run rust "$P"; stop_last
+P=$(port); "$BIN/examples/hello" "127.0.0.1:$P" & PIDS+=($!)
+run hello "$P"; stop_last
+P=$(port); "$VENV/bin/python" bench/server/flask_app.py "$MODELS" "$P" >"$OUT/flask.log" 2>&1 & PIDS+=($!)
+run flask-dev "$P"; stop_last
+P=$(port); (cd bench/server && MODEL_ROOT="../../$MODELS" exec "../../$VENV/bin/gunicorn" -w 2 -b "127.0.0.1:$P" flask_app:app) >"$OUT/gunicorn.log" 2>&1 & PIDS+=($!)
+run gunicorn "$P"; stop_last
+
+python3 - "$OUT/results.jsonl" <<'PY'
+import json, sys
+rows = {r["name"]: r for r in map(json.loads, open(sys.argv[1]))}
+print(f'\n{"target":<10} {"req/s":>10} {"p50 ms":>8} {"p99 ms":>8} {"errors":>7}')
+for n in ["rust", "hello", "flask-dev", "gunicorn"]:
+    r = rows[n]
+    print(f'{n:<10} {r["rps"]:>10.0f} {r["p50_ms"]:>8.2f} {r["p99_ms"]:>8.2f} {r["errors"]:>7}')
+rust = rows["rust"]["rps"]
+print(f'\nrust / flask-dev = {rust / rows["flask-dev"]["rps"]:.1f}x   (goal >= 20x)')
+print(f'rust / gunicorn  = {rust / rows["gunicorn"]["rps"]:.1f}x')
+print(f'rust / hello     = {100 * rust / rows["hello"]["rps"]:.0f}%    (goal >= 60%)')
+PY
