@@ -10,3 +10,4 @@ pub mod logging;
 pub mod progress;
 pub mod quality;
 pub mod runs;
+pub mod train;

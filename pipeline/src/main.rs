@@ -30,6 +30,8 @@ enum Command {
     /// ETL, schedule, quality checks, features and the data generator.
     #[command(flatten)]
     Etl(etl_cli::EtlCommand),
+    /// Train, evaluate and publish a model from feature_store (read as ds_user).
+    Train(pipeline::train::TrainArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +52,7 @@ fn database_url(cli: &Cli) -> anyhow::Result<&str> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Etl(cmd) => etl_cli::run(cmd, cli.database_url.as_deref()).await?,
+        Command::Train(args) => pipeline::train::cli(args).await?,
         Command::Db(DbCommand::Migrate) => {
             let pool = db::connect(database_url(&cli)?).await?;
             let report = db::migrate(&pool).await?;

@@ -1,0 +1,157 @@
+//! The two model families, fitted with linfa and exported into the `model` crate's
+//! parameter format (so serving never links linfa).
+//!
+//! * Logistic regression: `linfa-logistic` (L-BFGS, L2 penalty), weights copied over.
+//! * Bagged decision trees: `linfa-trees` CART trees fitted on bootstrap samples of the
+//!   training split. linfa's leaves hold a class, not a probability, so each exported
+//!   leaf's value is the smoothed share of positives among the training rows that reach
+//!   it; the ensemble averages the trees' probabilities
+//!   ([`Aggregation::MeanProbability`]).
+
+use linfa::prelude::*;
+use linfa_logistic::LogisticRegression;
+use linfa_trees::{DecisionTree, SplitQuality, TreeNode};
+use model::classifier::{Aggregation, Classifier, Logistic, Node, Tree, TreeEnsemble};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
+use super::TrainError;
+
+/// Hyper-parameters, fixed: the data is small and the validation split picks the family.
+pub const LOGISTIC_ALPHA: f64 = 1.0;
+pub const LOGISTIC_MAX_ITERATIONS: u64 = 200;
+pub const TREES: usize = 25;
+pub const TREE_MAX_DEPTH: usize = 6;
+pub const TREE_MIN_LEAF: f32 = 40.0;
+
+fn fit_err(family: &'static str) -> impl FnOnce(String) -> TrainError {
+    move |reason| TrainError::Fit { family, reason }
+}
+
+/// Logistic regression on `x` (encoded rows) and `y` (0/1).
+pub fn logistic(x: ArrayView2<'_, f64>, y: &[u8]) -> Result<Classifier, TrainError> {
+    let ds = Dataset::new(x.to_owned(), Array1::from(y.to_vec()));
+    let fitted = LogisticRegression::default()
+        .alpha(LOGISTIC_ALPHA)
+        .max_iterations(LOGISTIC_MAX_ITERATIONS)
+        .fit(&ds)
+        .map_err(|e| fit_err("logistic_regression")(e.to_string()))?;
+    // linfa's "positive" class is the larger label, 1 here; flip if it ever is not.
+    let sign = if fitted.labels().pos.class == 1 {
+        1.0
+    } else {
+        -1.0
+    };
+    let c = Classifier::LogisticRegression(Logistic {
+        weights: fitted.params().iter().map(|w| sign * w).collect(),
+        intercept: sign * fitted.intercept(),
+    });
+    c.validate(x.ncols())
+        .map_err(|e| fit_err("logistic_regression")(e.to_string()))?;
+    Ok(c)
+}
+
+/// Bagged decision trees; `seed` drives the bootstrap samples.
+pub fn bagged_trees(x: ArrayView2<'_, f64>, y: &[u8], seed: u64) -> Result<Classifier, TrainError> {
+    let n = x.nrows();
+    let prior = y.iter().filter(|&&v| v == 1).count() as f64 / n.max(1) as f64;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7265_6573);
+    let params = DecisionTree::<f64, usize>::params()
+        .split_quality(SplitQuality::Gini)
+        .max_depth(Some(TREE_MAX_DEPTH))
+        .min_weight_leaf(TREE_MIN_LEAF)
+        .min_weight_split(2.0 * TREE_MIN_LEAF);
+    let mut trees = Vec::with_capacity(TREES);
+    for _ in 0..TREES {
+        let sample: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+        let xs: Array2<f64> = x.select(Axis(0), &sample);
+        let ys: Array1<usize> = sample.iter().map(|&i| usize::from(y[i])).collect();
+        let fitted = params
+            .fit(&Dataset::new(xs, ys))
+            .map_err(|e| fit_err("tree_ensemble")(e.to_string()))?;
+        let mut nodes = Vec::new();
+        export(fitted.root_node(), &mut nodes);
+        leaf_probabilities(&mut nodes, x, y, &sample, prior);
+        trees.push(Tree { nodes });
+    }
+    let c = Classifier::TreeEnsemble(TreeEnsemble {
+        aggregation: Aggregation::MeanProbability,
+        base_score: 0.0,
+        trees,
+    });
+    c.validate(x.ncols())
+        .map_err(|e| fit_err("tree_ensemble")(e.to_string()))?;
+    Ok(c)
+}
+
+/// Pre-order export: a node's children always come after it, as `model` requires.
+/// Leaf values are placeholders until [`leaf_probabilities`].
+fn export(node: &TreeNode<f64, usize>, out: &mut Vec<Node>) -> usize {
+    let me = out.len();
+    let children = node.children();
+    match (node.is_leaf(), children[0], children[1]) {
+        (false, Some(l), Some(r)) => {
+            let (feature, threshold, _) = node.split();
+            out.push(Node::Leaf { value: 0.0 });
+            let left = export(l, out);
+            let right = export(r, out);
+            out[me] = Node::Split {
+                feature,
+                threshold,
+                left,
+                right,
+            };
+        }
+        _ => out.push(Node::Leaf { value: 0.0 }),
+    }
+    me
+}
+
+/// Sets every leaf to the share of positives among the in-bag rows reaching it,
+/// smoothed towards the prior with a pseudo-count of 1 (a leaf no row reaches gets the
+/// prior).
+fn leaf_probabilities(
+    nodes: &mut [Node],
+    x: ArrayView2<'_, f64>,
+    y: &[u8],
+    sample: &[usize],
+    prior: f64,
+) {
+    let tree = Tree {
+        nodes: nodes.to_vec(),
+    };
+    let mut pos = vec![0.0f64; nodes.len()];
+    let mut cnt = vec![0.0f64; nodes.len()];
+    let mut row = vec![0.0; x.ncols()];
+    for &i in sample {
+        for (r, v) in row.iter_mut().zip(x.row(i)) {
+            *r = *v;
+        }
+        let leaf = leaf_index(&tree, &row);
+        cnt[leaf] += 1.0;
+        pos[leaf] += f64::from(y[i]);
+    }
+    for (k, node) in nodes.iter_mut().enumerate() {
+        if let Node::Leaf { value } = node {
+            *value = ((pos[k] + prior) / (cnt[k] + 1.0)).clamp(0.0, 1.0);
+        }
+    }
+}
+
+fn leaf_index(tree: &Tree, row: &[f64]) -> usize {
+    let mut i = 0;
+    while let Node::Split {
+        feature,
+        threshold,
+        left,
+        right,
+    } = &tree.nodes[i]
+    {
+        i = if row[*feature] <= *threshold {
+            *left
+        } else {
+            *right
+        };
+    }
+    i
+}

@@ -1,0 +1,374 @@
+//! `pipeline train` on a real PostgreSQL cluster and the S3 emulator, with a synthetic
+//! `feature_store` whose labels are drawn from a planted logistic model, so the best
+//! achievable ROC AUC (that of the true probabilities) is known.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use model::Features;
+use pipeline::db::{self, UserSpec};
+use pipeline::train::{self, ModelStore, Store, metrics};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use sqlx::postgres::PgPool;
+
+/// Labelled rows per generated data set (plus `UNLABELLED` rows with a NULL label).
+const ROWS: usize = 25_000;
+const UNLABELLED: usize = 300;
+
+/// Roles are cluster-wide and shared by this binary's tests: one generated password.
+fn ds_password() -> &'static str {
+    static PW: OnceLock<String> = OnceLock::new();
+    PW.get_or_init(|| harness::unique("ds-train-pw"))
+}
+
+fn specs() -> Vec<UserSpec> {
+    vec![
+        UserSpec {
+            name: db::DS_USER,
+            group: db::DS_ROLE,
+            password: ds_password().to_string(),
+        },
+        UserSpec {
+            name: db::MLE_USER,
+            group: db::MLE_ROLE,
+            password: harness::unique("mle-train-pw"),
+        },
+    ]
+}
+
+async fn prepared() -> (harness::TestDb, PgPool) {
+    let tdb = harness::postgres().database();
+    let pool = db::connect(&tdb.url()).await.expect("connect as owner");
+    db::migrate(&pool).await.expect("migrate");
+    db::ensure_users(&pool, &specs()).await.expect("users");
+    (tdb, pool)
+}
+
+fn ds_url(tdb: &harness::TestDb) -> String {
+    tdb.url_as(db::DS_USER, ds_password())
+}
+
+/// A generated data set: labelled rows have idx 1..=ROWS (so row position = idx - 1 in
+/// `feature_store` order), unlabelled rows come after.
+struct Synthetic {
+    features: Vec<Features>,
+    labels: Vec<u8>,
+    /// The planted P(label = 1) of each labelled row.
+    truth: Vec<f64>,
+}
+
+/// `strength` scales the planted signal on scd_a, scd_b (and a little on attr_b).
+fn generate(seed: u64, strength: f64) -> Synthetic {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut s = Synthetic {
+        features: Vec::new(),
+        labels: Vec::new(),
+        truth: Vec::new(),
+    };
+    for _ in 0..ROWS + UNLABELLED {
+        let f = Features {
+            attr_a: rng.random_range(1..=3),
+            attr_b: ["a", "b", "c", "d"][rng.random_range(0..4)].to_string(),
+            scd_a: rng.random::<f64>(),
+            scd_b: rng.random_range(1..=10),
+        };
+        let logit = -2.75
+            + strength
+                * (3.0 * (f.scd_a - 0.5)
+                    + 0.35 * (f.scd_b as f64 - 5.5)
+                    + if f.attr_b == "c" { 0.4 } else { 0.0 });
+        let p = 1.0 / (1.0 + (-logit).exp());
+        s.labels.push(u8::from(rng.random::<f64>() < p));
+        s.truth.push(p);
+        s.features.push(f);
+    }
+    s
+}
+
+async fn insert(pool: &PgPool, s: &Synthetic) {
+    sqlx::query("TRUNCATE feature_store")
+        .execute(pool)
+        .await
+        .expect("truncate");
+    let n = s.features.len();
+    let idx: Vec<i64> = (1..=n as i64).collect();
+    let a: Vec<i16> = s.features.iter().map(|f| f.attr_a as i16).collect();
+    let b: Vec<String> = s.features.iter().map(|f| f.attr_b.clone()).collect();
+    let sa: Vec<f64> = s.features.iter().map(|f| f.scd_a).collect();
+    let sb: Vec<i32> = s.features.iter().map(|f| f.scd_b as i32).collect();
+    let label: Vec<Option<i16>> = (0..n)
+        .map(|i| (i < ROWS).then(|| i16::from(s.labels[i])))
+        .collect();
+    sqlx::query(
+        "INSERT INTO feature_store (idx, attr_a, attr_b, scd_a, scd_b, label) \
+         SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::text[], $4::float8[], \
+         $5::int[], $6::smallint[])",
+    )
+    .bind(idx)
+    .bind(a)
+    .bind(b)
+    .bind(sa)
+    .bind(sb)
+    .bind(label)
+    .execute(pool)
+    .await
+    .expect("insert feature_store");
+}
+
+fn temp_root(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(harness::unique(name))
+}
+
+#[tokio::test]
+async fn trains_as_ds_user_near_the_optimum_and_serving_scores_the_same() {
+    let (tdb, owner) = prepared().await;
+    let data = generate(11, 1.0);
+    insert(&owner, &data).await;
+    let prevalence = data.labels[..ROWS].iter().filter(|&&y| y == 1).count() as f64 / ROWS as f64;
+    assert!(
+        (0.05..0.15).contains(&prevalence),
+        "prevalence {prevalence}"
+    );
+
+    let ds = db::connect(&ds_url(&tdb))
+        .await
+        .expect("connect as ds_user");
+    let root = temp_root("models");
+    let store = Store::open(ModelStore::Dir(root.clone())).await;
+    let t0 = std::time::Instant::now();
+    let report = train::run(&ds, &store, 0.01, false, 7)
+        .await
+        .expect("train as ds_user");
+    let secs = t0.elapsed().as_secs_f64();
+    let t = &report.trained;
+    assert_eq!(
+        t.split.train.len() + t.split.valid.len() + t.split.test.len(),
+        ROWS,
+        "rows with a NULL label are skipped"
+    );
+
+    // The optimum on the very same test rows: the planted probabilities' AUC.
+    let truth: Vec<f64> = t.split.test.iter().map(|&i| data.truth[i]).collect();
+    let labels: Vec<u8> = t.split.test.iter().map(|&i| data.labels[i]).collect();
+    assert_eq!(labels, t.test_labels);
+    let optimum = metrics::roc_auc(&truth, &labels);
+    eprintln!(
+        "test ROC AUC {:.4} vs optimum {optimum:.4}; candidates {:?}; whole run {secs:.1}s",
+        t.test.roc_auc, t.candidates
+    );
+    assert!(
+        optimum - t.test.roc_auc <= 0.02,
+        "test AUC {} is more than 0.02 below the optimum {optimum}",
+        t.test.roc_auc
+    );
+    assert!(t.baseline.roc_auc == 0.5 && t.baseline.recall == 0.0);
+    assert!(t.test.f1 > t.baseline.f1);
+    assert_eq!(t.candidates.len(), 2);
+    assert!(report.table.contains("majority class"), "{}", report.table);
+
+    // The same connection cannot write.
+    let denied = sqlx::query(
+        "INSERT INTO feature_store (idx, attr_a, attr_b, scd_a, scd_b, label) \
+         VALUES (999999, 1, 'a', 0.5, 1, 0)",
+    )
+    .execute(&ds)
+    .await;
+    match denied {
+        Err(sqlx::Error::Database(e)) => {
+            assert_eq!(e.code().as_deref(), Some("42501"), "{e}");
+            assert!(e.message().contains("permission denied"), "{e}");
+        }
+        other => panic!("INSERT as ds_user: expected permission denied, got {other:?}"),
+    }
+
+    // The artifact as the server loads it (latest, verified) scores every test row
+    // exactly as training did.
+    assert_eq!(report.promotion, train::Promotion::First);
+    let loaded = model::artifact::load(&root, None).expect("load latest");
+    assert_eq!(loaded.version(), report.version);
+    for (k, &i) in t.split.test.iter().enumerate() {
+        let p = loaded
+            .model
+            .predict_proba(&data.features[i])
+            .expect("score");
+        assert_eq!(
+            p.to_bits(),
+            t.test_scores[k].to_bits(),
+            "row idx {}: served {p} vs trained {}",
+            i + 1,
+            t.test_scores[k]
+        );
+    }
+    let m = &loaded.manifest;
+    assert!(m.training_data.starts_with("sha256:"));
+    assert!(m.code_version.starts_with("pipeline "));
+    for key in [
+        "test",
+        "validation",
+        "baseline_majority_class",
+        "candidates",
+    ] {
+        assert!(m.metrics.contains_key(key), "metrics lack {key}");
+    }
+    let svg = loaded
+        .extra_files
+        .get(train::PICTURE_FILE)
+        .expect("picture");
+    let svg = String::from_utf8_lossy(svg);
+    assert!(svg.starts_with("<svg") && svg.contains("ROC curve"));
+    assert!(
+        root.join(&report.version)
+            .join(train::PICTURE_FILE)
+            .is_file()
+    );
+
+    // Same data, same seed: same fingerprint, same split.
+    let again = train::load_feature_store(&ds).await.expect("reload");
+    assert_eq!(again.fingerprint, m.training_data);
+    assert_eq!(train::split(&again.labels, 7), t.split);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn pipeline_train(tdb: &harness::TestDb, models: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["train", "--models", models, "--seed", "5"])
+        .args(extra)
+        .envs(harness::moto().env())
+        .env("DS_DATABASE_URL", ds_url(tdb))
+        .env_remove("DATABASE_URL")
+        .env_remove("MODELS")
+        .output()
+        .expect("run pipeline train")
+}
+
+async fn versions_in(client: &aws_sdk_s3::Client, bucket: &str) -> BTreeSet<String> {
+    let out = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix("models/")
+        .send()
+        .await
+        .expect("list");
+    out.contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .filter_map(|k| k.strip_suffix("/checksums"))
+        .map(|k| k.trim_start_matches("models/").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn promotion_gate_on_s3_refuses_a_worse_model_unless_forced() {
+    let (tdb, owner) = prepared().await;
+    let moto = harness::moto();
+    let sdk = moto.sdk_config().await;
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = harness::unique("models");
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
+    let models = format!("s3://{bucket}/models");
+    let store = Store::with_client(
+        ModelStore::S3 {
+            bucket: bucket.clone(),
+            prefix: "models".into(),
+        },
+        client.clone(),
+    );
+
+    // 1. A good model: the first one, promoted.
+    let strong = generate(21, 1.0);
+    insert(&owner, &strong).await;
+    let out = pipeline_train(&tdb, &models, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "first train failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("ROC AUC") && stdout.contains("first model"),
+        "{stdout}"
+    );
+    let v1 = store.latest().await.expect("latest").expect("a latest");
+    // Round trip from S3: checksums verified, the same files as written.
+    let a1 = store.load(&v1).await.expect("load v1 from S3");
+    let auc1 = train::stored_test_auc(&a1).expect("stored AUC");
+    assert!(a1.extra_files.contains_key(train::PICTURE_FILE));
+    let p = a1.model.predict(&strong.features[0]).expect("score");
+    assert!((0.0..=1.0).contains(&p.probability));
+
+    // 2. The data loses most of its signal: the new model is worse by far more than
+    // the margin. Saved, not promoted, non-zero exit, latest unchanged.
+    let weak = generate(22, 0.15);
+    insert(&owner, &weak).await;
+    let out = pipeline_train(&tdb, &models, &["--margin", "0.01"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a worse model was accepted: {stderr}"
+    );
+    assert!(stderr.contains("not promoted"), "{stderr}");
+    assert!(
+        stderr.contains(&v1),
+        "the message names the current latest: {stderr}"
+    );
+    assert_eq!(
+        store.latest().await.expect("latest").as_deref(),
+        Some(v1.as_str())
+    );
+    let versions = versions_in(&client, &bucket).await;
+    assert_eq!(
+        versions.len(),
+        2,
+        "the refused version is still saved: {versions:?}"
+    );
+    let v2 = versions.iter().find(|v| **v != v1).expect("v2").clone();
+    let a2 = store.load(&v2).await.expect("load v2");
+    let auc2 = train::stored_test_auc(&a2).expect("AUC v2");
+    assert!(auc2 < auc1 - 0.01, "{auc2} vs {auc1}");
+
+    // 3. --force promotes it.
+    let out = pipeline_train(&tdb, &models, &["--force"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "forced train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("FORCED"), "{stdout}");
+    let v3 = store.latest().await.expect("latest").expect("a latest");
+    assert!(v3 != v1 && v3 != v2, "{v3}");
+    assert_eq!(versions_in(&client, &bucket).await.len(), 3);
+
+    // 4. Exactly the layout the server reads: <prefix>/latest names <prefix>/<v>/.
+    let latest = client
+        .get_object()
+        .bucket(&bucket)
+        .key("models/latest")
+        .send()
+        .await
+        .expect("get latest");
+    let body = latest.body.collect().await.expect("body").into_bytes();
+    assert_eq!(
+        model::artifact::parse_latest(&body).expect("parse latest"),
+        v3
+    );
+}
+
+#[tokio::test]
+async fn bad_arguments_fail_with_one_clear_line() {
+    let (tdb, _owner) = prepared().await;
+    let out = pipeline_train(&tdb, "gs://bucket/models", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("invalid --models"), "{stderr}");
+}
