@@ -73,7 +73,7 @@ fn generate(seed: u64, strength: f64) -> Synthetic {
             scd_a: rng.random::<f64>(),
             scd_b: rng.random_range(1..=10),
         };
-        let logit = -2.75
+        let logit = -3.0
             + strength
                 * (3.0 * (f.scd_a - 0.5)
                     + 0.35 * (f.scd_b as f64 - 5.5)

@@ -20,7 +20,11 @@ use super::TrainError;
 /// Hyper-parameters, fixed: the data is small and the validation split picks the family.
 pub const LOGISTIC_ALPHA: f64 = 1.0;
 pub const LOGISTIC_MAX_ITERATIONS: u64 = 200;
-pub const TREES: usize = 25;
+pub const TREES: usize = 16;
+/// Rows per bootstrap sample, at most (linfa-trees' fit cost grows with rows).
+pub const BOOTSTRAP_MAX: usize = 10_000;
+/// Threads fitting trees (the machines are small).
+pub const FIT_THREADS: usize = 2;
 pub const TREE_MAX_DEPTH: usize = 6;
 pub const TREE_MIN_LEAF: f32 = 40.0;
 
@@ -51,29 +55,61 @@ pub fn logistic(x: ArrayView2<'_, f64>, y: &[u8]) -> Result<Classifier, TrainErr
     Ok(c)
 }
 
-/// Bagged decision trees; `seed` drives the bootstrap samples.
+/// Bagged decision trees. Tree `t`'s bootstrap sample comes from its own generator,
+/// seeded from `seed` and `t`, so the result does not depend on how many threads fit
+/// them ([`FIT_THREADS`]).
 pub fn bagged_trees(x: ArrayView2<'_, f64>, y: &[u8], seed: u64) -> Result<Classifier, TrainError> {
     let n = x.nrows();
-    let prior = y.iter().filter(|&&v| v == 1).count() as f64 / n.max(1) as f64;
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x7265_6573);
-    let params = DecisionTree::<f64, usize>::params()
-        .split_quality(SplitQuality::Gini)
-        .max_depth(Some(TREE_MAX_DEPTH))
-        .min_weight_leaf(TREE_MIN_LEAF)
-        .min_weight_split(2.0 * TREE_MIN_LEAF);
-    let mut trees = Vec::with_capacity(TREES);
-    for _ in 0..TREES {
-        let sample: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+    if n == 0 {
+        return Err(fit_err("tree_ensemble")("no training rows".into()));
+    }
+    let prior = y.iter().filter(|&&v| v == 1).count() as f64 / n as f64;
+    let fit_one = |t: usize| -> Result<Tree, TrainError> {
+        let mut rng = StdRng::seed_from_u64(
+            seed ^ 0x7265_6573 ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let m = n.min(BOOTSTRAP_MAX);
+        let sample: Vec<usize> = (0..m).map(|_| rng.random_range(0..n)).collect();
         let xs: Array2<f64> = x.select(Axis(0), &sample);
         let ys: Array1<usize> = sample.iter().map(|&i| usize::from(y[i])).collect();
-        let fitted = params
+        let fitted = DecisionTree::<f64, usize>::params()
+            .split_quality(SplitQuality::Gini)
+            .max_depth(Some(TREE_MAX_DEPTH))
+            .min_weight_leaf(TREE_MIN_LEAF)
+            .min_weight_split(2.0 * TREE_MIN_LEAF)
             .fit(&Dataset::new(xs, ys))
             .map_err(|e| fit_err("tree_ensemble")(e.to_string()))?;
         let mut nodes = Vec::new();
         export(fitted.root_node(), &mut nodes);
         leaf_probabilities(&mut nodes, x, y, &sample, prior);
-        trees.push(Tree { nodes });
-    }
+        Ok(Tree { nodes })
+    };
+    let results: Vec<Result<Tree, TrainError>> = std::thread::scope(|s| {
+        let fit_one = &fit_one;
+        let handles: Vec<_> = (0..FIT_THREADS)
+            .map(|w| {
+                s.spawn(move || {
+                    (w..TREES)
+                        .step_by(FIT_THREADS)
+                        .map(|t| (t, fit_one(t)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(usize, Result<Tree, TrainError>)> = Vec::new();
+        for h in handles {
+            match h.join() {
+                Ok(v) => all.extend(v),
+                Err(_) => all.push((
+                    usize::MAX,
+                    Err(fit_err("tree_ensemble")("a fitting thread panicked".into())),
+                )),
+            }
+        }
+        all.sort_by_key(|(t, _)| *t);
+        all.into_iter().map(|(_, r)| r).collect()
+    });
+    let trees = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     let c = Classifier::TreeEnsemble(TreeEnsemble {
         aggregation: Aggregation::MeanProbability,
         base_score: 0.0,
