@@ -372,3 +372,73 @@ async fn bad_arguments_fail_with_one_clear_line() {
     assert!(!out.status.success());
     assert!(stderr.contains("invalid --models"), "{stderr}");
 }
+
+/// Both families, exported into the model crate's format, saved and loaded back:
+/// the loaded model scores every row bit-identically to the freshly exported one, the
+/// tree ensemble has real skill, and the exported logistic weights reproduce linfa's
+/// own probabilities.
+#[test]
+fn both_families_survive_the_artifact_round_trip() {
+    use linfa::prelude::*;
+
+    let data = generate(31, 1.0);
+    let (feats, labels) = (&data.features[..8_000], &data.labels[..8_000]);
+    let enc = model::FeatureEncoding::fit(feats).expect("encoding");
+    let mut x = ndarray::Array2::<f64>::zeros((feats.len(), enc.width()));
+    for (k, f) in feats.iter().enumerate() {
+        let row = enc.encode(f).expect("encode");
+        x.row_mut(k).assign(&ndarray::Array1::from(row));
+    }
+    let root = temp_root("families");
+    for classifier in [
+        train::fit::logistic(x.view(), labels).expect("logistic"),
+        train::fit::bagged_trees(x.view(), labels, 3).expect("trees"),
+    ] {
+        let family = classifier.family();
+        let m = model::Model::new(enc.clone(), classifier, 0.3).expect("model");
+        let scores: Vec<f64> = feats
+            .iter()
+            .map(|f| m.predict_proba(f).expect("score"))
+            .collect();
+        let auc = metrics::roc_auc(&scores, labels);
+        assert!(auc > 0.7, "{family}: in-sample AUC {auc}");
+        let a = model::Artifact::new(model::ArtifactSpec {
+            model: m,
+            code_version: train::code_version(),
+            training_data: "sha256:test".into(),
+            metrics: serde_json::Map::new(),
+            extra_files: model::ArtifactFiles::new(),
+            created: std::time::SystemTime::now(),
+        })
+        .expect("artifact");
+        a.save(&root).expect("save");
+        let back = model::artifact::load(&root, Some(a.version())).expect("load");
+        for (f, s) in feats.iter().zip(&scores) {
+            let p = back.model.predict_proba(f).expect("score");
+            assert_eq!(p.to_bits(), s.to_bits(), "{family}: {f:?}");
+        }
+    }
+
+    // linfa's own probabilities for the logistic fit equal the exported model's.
+    let fitted = linfa_logistic::LogisticRegression::default()
+        .alpha(train::fit::LOGISTIC_ALPHA)
+        .max_iterations(train::fit::LOGISTIC_MAX_ITERATIONS)
+        .fit(&Dataset::new(
+            x.clone(),
+            ndarray::Array1::from(labels.to_vec()),
+        ))
+        .expect("linfa fit");
+    // linfa's probabilities are for its "positive" class, the more frequent label.
+    assert_eq!(fitted.labels().pos.class, 0, "label 0 is the majority");
+    let theirs = fitted.predict_probabilities(&x).mapv(|p| 1.0 - p);
+    let ours = train::fit::logistic(x.view(), labels).expect("logistic");
+    for (k, row) in x.rows().into_iter().enumerate() {
+        let p = ours.predict_proba(row.as_slice().expect("contiguous"));
+        assert!(
+            (p - theirs[k]).abs() < 1e-12,
+            "row {k}: {p} vs {}",
+            theirs[k]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

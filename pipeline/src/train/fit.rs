@@ -40,7 +40,8 @@ pub fn logistic(x: ArrayView2<'_, f64>, y: &[u8]) -> Result<Classifier, TrainErr
         .max_iterations(LOGISTIC_MAX_ITERATIONS)
         .fit(&ds)
         .map_err(|e| fit_err("logistic_regression")(e.to_string()))?;
-    // linfa's "positive" class is the larger label, 1 here; flip if it ever is not.
+    // linfa's "positive" class is the *more frequent* label (0 with ~9% positives),
+    // and its parameters are the log-odds of that class: flip them to P(label = 1).
     let sign = if fitted.labels().pos.class == 1 {
         1.0
     } else {
