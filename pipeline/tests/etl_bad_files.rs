@@ -238,3 +238,33 @@ async fn a_sale_in_an_unknown_store_is_stopped_by_the_referential_check() {
     assert!(sample.contains("\"store_idx\": 9"), "{sample}");
     assert_eq!(count(&pool, "SELECT count(*) FROM sales").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_key_in_another_chunk_is_caught_by_copy_and_mapped_to_its_line() {
+    let (_db, pool) = database().await;
+    let bucket = Bucket::new("etl-dupcopy").await;
+    bucket.put("stores.csv", STORES).await;
+    let l = loader(&pool, bucket.source()); // 4 KiB chunks: this file spans several
+    let march: Month = "2020-03".parse().expect("month");
+    let mut text = String::from("idx,value,date,store_idx\n");
+    for i in 0..1000 {
+        // Line 702 repeats the idx of line 3 (idx 1), chunks apart.
+        let idx = if i == 700 { 1 } else { i };
+        text.push_str(&format!(
+            "{idx},{}.5,2020-03-{:02},{}\n",
+            i % 10,
+            1 + i % 28,
+            1 + i % 5
+        ));
+    }
+    assert!(text.len() > 3 * 4096);
+    bucket.put(&march.sales_file(), text).await;
+    let s = runs::load_month(&l, march, &fast_retry())
+        .await
+        .expect("ledger");
+    assert_eq!(s.status, Status::Failed);
+    let err = s.error.expect("error");
+    assert!(err.contains("line 702, column 1 (idx)"), "{err}");
+    assert!(err.contains("duplicate key"), "{err}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM sales").await, 0);
+}

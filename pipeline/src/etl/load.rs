@@ -19,7 +19,7 @@ use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use super::source::ObjectReader;
-use super::spec::{self, FileSpec};
+use super::spec::{self, FileSpec, Kind};
 use super::validate::Validator;
 use super::{EtlError, Month, Source};
 use crate::progress::Progress;
@@ -219,6 +219,12 @@ impl Loader {
     ) -> Result<u64, EtlError> {
         let started = Instant::now();
         let location = reader.location().to_string();
+        if reader.size().is_some_and(|s| s <= self.chunk_bytes as u64) {
+            let mut v = Validator::new(spec, location);
+            let n = insert_small(conn, &mut v, target, reader).await;
+            checks.extend(v.results());
+            return n;
+        }
         let progress = Progress::new(self.progress, &spec.file, reader.size());
         let statement = format!(
             "COPY {target} ({}) FROM STDIN WITH (FORMAT csv)",
@@ -294,6 +300,80 @@ impl Loader {
             }
         }
     }
+}
+
+/// A file that fits in one chunk goes in with one `INSERT ... SELECT FROM unnest(...)`
+/// of typed arrays rather than COPY: same validation, one round trip, and no wait on
+/// the client's Nagle delay between the last CopyData and CopyDone (sqlx does not set
+/// TCP_NODELAY; two small writes in a row cost a 40 ms delayed ACK per COPY, which
+/// dominated the monthly loads).
+async fn insert_small(
+    conn: &mut PgConnection,
+    v: &mut Validator,
+    target: &str,
+    mut reader: ObjectReader,
+) -> Result<u64, EtlError> {
+    while reader.read_into(v.buffer()).await? {}
+    let Some(df) = v.take_frame(true)? else {
+        return Ok(0);
+    };
+    let spec = v.spec();
+    let mut params = Vec::new();
+    let mut names = Vec::new();
+    let mut selects = Vec::new();
+    for (i, c) in spec.columns.iter().enumerate() {
+        let p = i + 1;
+        let ty = match c.kind {
+            Kind::Int => "int8[]",
+            Kind::Float => "float8[]",
+            Kind::Date => "int4[]",
+            Kind::Text => "text[]",
+        };
+        params.push(format!("${p}::{ty}"));
+        names.push(format!("c{p}"));
+        selects.push(match c.kind {
+            Kind::Date => format!("DATE '1970-01-01' + c{p}"),
+            _ => format!("c{p}"),
+        });
+    }
+    let sql = format!(
+        "INSERT INTO {target} ({}) SELECT {} FROM unnest({}) AS u({})",
+        spec.column_list(),
+        selects.join(", "),
+        params.join(", "),
+        names.join(", ")
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for c in &spec.columns {
+        let column = df.column(c.name)?;
+        q = match c.kind {
+            Kind::Int => {
+                let v: Vec<Option<i64>> = column.as_materialized_series().i64()?.iter().collect();
+                q.bind(v)
+            }
+            Kind::Float => {
+                let v: Vec<Option<f64>> = column.as_materialized_series().f64()?.iter().collect();
+                q.bind(v)
+            }
+            Kind::Date => {
+                let days = column.cast(&polars::prelude::DataType::Int32)?;
+                let v: Vec<Option<i32>> = days.as_materialized_series().i32()?.iter().collect();
+                q.bind(v)
+            }
+            Kind::Text => {
+                let v: Vec<Option<String>> = column
+                    .as_materialized_series()
+                    .str()?
+                    .iter()
+                    .map(|s| s.map(str::to_string))
+                    .collect();
+                q.bind(v)
+            }
+        };
+    }
+    let n = q.execute(&mut *conn).await?.rows_affected();
+    tracing::info!(file = %v.location(), table = target, rows = n, "loaded");
+    Ok(n)
 }
 
 /// Maps a database error raised by COPY (a duplicate key, a value out of range) back

@@ -67,6 +67,8 @@ pub struct FileSpec {
     pub table: &'static str,
     pub columns: Vec<Column>,
     pub rules: Vec<Rule>,
+    /// Integer or date columns (at most two) that identify a row in the file.
+    pub key: Vec<&'static str>,
 }
 
 impl FileSpec {
@@ -171,6 +173,7 @@ pub fn customer_profiles() -> FileSpec {
     FileSpec {
         file: "customer_profiles.csv".into(),
         table: "customer_profiles",
+        key: vec!["idx"],
         columns: vec![
             col_("idx", Kind::Int),
             col_("attr_a", Kind::Int),
@@ -191,6 +194,7 @@ pub fn labels() -> FileSpec {
     FileSpec {
         file: "labels.csv".into(),
         table: "labels",
+        key: vec!["idx"],
         columns: vec![col_("idx", Kind::Int), col_("label", Kind::Int)],
         rules: vec![
             int_range("idx", 0, i64::MAX, Severity::Error),
@@ -206,6 +210,7 @@ pub fn customer_activity() -> FileSpec {
     FileSpec {
         file: "customer_activity.csv".into(),
         table: "customer_activity",
+        key: vec!["idx", "valid_from"],
         columns: vec![
             col_("idx", Kind::Int),
             col_("valid_from", Kind::Date),
@@ -239,6 +244,7 @@ pub fn stores() -> FileSpec {
     FileSpec {
         file: "stores.csv".into(),
         table: "store_locations",
+        key: vec!["idx"],
         columns: vec![col_("idx", Kind::Int), col_("location", Kind::Text)],
         rules: vec![
             int_range("idx", 1, I32_MAX, Severity::Error),
@@ -260,6 +266,7 @@ pub fn sales(month: Month) -> FileSpec {
     FileSpec {
         file: month.sales_file(),
         table: "sales",
+        key: vec!["idx"],
         columns: vec![
             col_("idx", Kind::Int),
             col_("value", Kind::Float),

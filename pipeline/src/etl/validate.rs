@@ -180,6 +180,19 @@ impl Validator {
     /// Validates the complete lines buffered so far (all of them when `eof`) and
     /// returns them as CSV rows for COPY, or `None` when no complete line is buffered.
     pub fn take_chunk(&mut self, eof: bool) -> Result<Option<Vec<u8>>, EtlError> {
+        let Some(mut df) = self.take_frame(eof)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(df.height() * 24);
+        CsvWriter::new(&mut out)
+            .include_header(false)
+            .finish(&mut df)?;
+        Ok(Some(out))
+    }
+
+    /// As [`take_chunk`](Self::take_chunk), but the validated rows as a typed frame
+    /// (the spec's columns, in its order).
+    pub fn take_frame(&mut self, eof: bool) -> Result<Option<DataFrame>, EtlError> {
         if self.order.is_none() && !self.read_header(eof)? {
             return Ok(None);
         }
@@ -363,7 +376,7 @@ impl Validator {
     }
 
     /// Parses the lines with polars, evaluates every check, returns the rows as CSV.
-    fn parse(&mut self, data: &[u8], first_line: u64) -> Result<Vec<u8>, EtlError> {
+    fn parse(&mut self, data: &[u8], first_line: u64) -> Result<DataFrame, EtlError> {
         let order = self.order.clone().unwrap_or_default();
         let names: Vec<&'static str> = order.iter().map(|&i| self.spec.columns[i].name).collect();
         let schema: Schema = names
@@ -477,12 +490,47 @@ impl Validator {
         }
 
         let typed: Vec<Expr> = self.spec.columns.iter().map(|c| col(c.name)).collect();
-        let mut out_df = checked.lazy().select(typed).collect()?;
-        let mut out = Vec::with_capacity(data.len() + data.len() / 8);
-        CsvWriter::new(&mut out)
-            .include_header(false)
-            .finish(&mut out_df)?;
-        Ok(out)
+        let out_df = checked.lazy().select(typed).collect()?;
+        self.check_key(&out_df, first_line)?;
+        Ok(out_df)
+    }
+
+    /// The file's key is unique within the chunk (across chunks, the table's primary
+    /// key catches a repeat, and COPY's line is mapped back to the file's).
+    fn check_key(&self, df: &DataFrame, first_line: u64) -> Result<(), EtlError> {
+        if self.spec.key.is_empty() {
+            return Ok(());
+        }
+        let mut parts: Vec<Vec<Option<i64>>> = Vec::new();
+        for k in &self.spec.key {
+            let c = df.column(k)?.cast(&DataType::Int64)?;
+            parts.push(c.as_materialized_series().i64()?.iter().collect());
+        }
+        let mut seen: std::collections::HashMap<(Option<i64>, Option<i64>), usize> =
+            std::collections::HashMap::with_capacity(df.height());
+        for row in 0..df.height() {
+            let key = (parts[0][row], parts.get(1).and_then(|p| p[row]));
+            if let Some(first) = seen.insert(key, row) {
+                let names = self.spec.key.join(", ");
+                let first_col = self
+                    .order
+                    .as_ref()
+                    .and_then(|o| {
+                        o.iter()
+                            .position(|&i| self.spec.columns[i].name == self.spec.key[0])
+                    })
+                    .map_or(1, |p| p + 1);
+                return Err(self.invalid(
+                    first_line + row as u64,
+                    first_col,
+                    format!(
+                        "duplicate key ({names}), first seen at line {} (unique({names}))",
+                        first_line + first as u64
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The row checks as data-quality results (every check, passed or not).
