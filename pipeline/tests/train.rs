@@ -217,6 +217,10 @@ async fn trains_as_ds_user_near_the_optimum_and_serving_scores_the_same() {
         .expect("picture");
     let svg = String::from_utf8_lossy(svg);
     assert!(svg.starts_with("<svg") && svg.contains("ROC curve"));
+    // To look at it: TRAIN_SVG_OUT=/tmp/eval.svg cargo test -p pipeline --test train
+    if let Some(out) = std::env::var_os("TRAIN_SVG_OUT") {
+        std::fs::write(out, svg.as_bytes()).expect("write the picture");
+    }
     assert!(
         root.join(&report.version)
             .join(train::PICTURE_FILE)
@@ -371,6 +375,11 @@ async fn bad_arguments_fail_with_one_clear_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("invalid --models"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    let out = pipeline_train(&tdb, "/nonexistent/models", &["--margin=-0.5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("invalid --margin -0.5"), "{stderr}");
 }
 
 /// Both families, exported into the model crate's format, saved and loaded back:

@@ -95,6 +95,8 @@ pub enum TrainError {
         margin: f64,
         saved: String,
     },
+    #[error("invalid --margin {0}: need a finite number >= 0")]
+    Margin(f64),
     #[error("background task failed: {0}")]
     Join(String),
 }
@@ -612,6 +614,9 @@ pub async fn run(
 /// The binary's entry point for `pipeline train`.
 pub async fn cli(args: &TrainArgs) -> Result<(), TrainError> {
     let location: ModelStore = args.models.parse()?;
+    if !(args.margin.is_finite() && args.margin >= 0.0) {
+        return Err(TrainError::Margin(args.margin));
+    }
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(std::time::Duration::from_secs(30))
