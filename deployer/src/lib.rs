@@ -9,15 +9,23 @@
 //! * [`instances`] — AMI resolution and the instance launch used by releases.
 //! * [`init`] — the state bucket and the lock table.
 //! * [`github`] — the plan comment on pull requests.
+//! * [`publish`] — release bundles in the artifact bucket; [`release`]: blue/green
+//!   deploy, rollback, status; [`health`]: the loopback-only health probes;
+//!   [`history`]: the append-only audit log; [`forwarder`]: the local Elastic IP.
 
 pub mod aws;
 pub mod config;
 pub mod engine;
+pub mod forwarder;
 pub mod github;
+pub mod health;
+pub mod history;
 pub mod init;
 pub mod instances;
 pub mod lock;
 pub mod plan;
+pub mod publish;
+pub mod release;
 pub mod stack;
 pub mod state;
 
@@ -50,6 +58,8 @@ pub enum Error {
     StalePlan(String),
     #[error("the operation was not confirmed: {0}")]
     NotConfirmed(String),
+    #[error(transparent)]
+    Release(#[from] release::ReleaseError),
 }
 
 /// What `apply`/`destroy` ended with.
@@ -166,47 +176,81 @@ impl Deployer {
             Operation::Apply => "apply",
             Operation::Destroy => "destroy",
         };
-        self.locked(op_name, opts, async |guard| {
-            let Some(guard) = guard else {
-                return Err(Error::StalePlan("no lock".into()));
-            };
-            let store = self.store();
-            let mut state = store.read(&self.cfg.app).await?;
-            if let Some(saved) = &saved {
-                check_saved(saved, &state, &self.cfg)?;
-            }
-            let (plan, observed) = self.make_plan(operation, &state).await?;
-            if let Some(saved) = &saved
-                && !saved.same_changes(&plan)
-            {
-                return Err(Error::StalePlan(
-                    "the real resources changed since it was made; run `deployer plan` again"
-                        .into(),
-                ));
-            }
-            if !plan.has_changes() {
-                confirm(&plan)?;
-                return Ok(Outcome {
+        let result = self
+            .locked(op_name, opts, async |guard| {
+                let Some(guard) = guard else {
+                    return Err(Error::StalePlan("no lock".into()));
+                };
+                let store = self.store();
+                let mut state = store.read(&self.cfg.app).await?;
+                if let Some(saved) = &saved {
+                    check_saved(saved, &state, &self.cfg)?;
+                }
+                let (plan, observed) = self.make_plan(operation, &state).await?;
+                if let Some(saved) = &saved
+                    && !saved.same_changes(&plan)
+                {
+                    return Err(Error::StalePlan(
+                        "the real resources changed since it was made; run `deployer plan` again"
+                            .into(),
+                    ));
+                }
+                if !plan.has_changes() {
+                    confirm(&plan)?;
+                    return Ok(Outcome {
+                        plan,
+                        applied: None,
+                    });
+                }
+                if !confirm(&plan)? {
+                    return Err(Error::NotConfirmed(format!("{op_name} cancelled")));
+                }
+                let applied =
+                    engine::apply(&self.stack(), &store, guard, &mut state, &plan, &observed)
+                        .await?;
+                Ok(Outcome {
                     plan,
-                    applied: None,
-                });
-            }
-            if !confirm(&plan)? {
-                return Err(Error::NotConfirmed(format!("{op_name} cancelled")));
-            }
-            let applied =
-                engine::apply(&self.stack(), &store, guard, &mut state, &plan, &observed).await?;
-            Ok(Outcome {
-                plan,
-                applied: Some(applied),
+                    applied: Some(applied),
+                })
             })
-        })
-        .await
+            .await;
+        // Only what touched (or tried to touch) resources goes into the audit log.
+        let entry = match &result {
+            Ok(Outcome {
+                applied: Some(a), ..
+            }) => Some(history::Entry::new(
+                op_name,
+                serde_json::json!({"added": a.added, "changed": a.changed, "destroyed": a.destroyed}),
+                "ok",
+            )),
+            Ok(_) => None,
+            Err(Error::NotConfirmed(_)) | Err(Error::Lock(_)) | Err(Error::StalePlan(_)) => None,
+            Err(e) => Some(history::Entry::new(
+                op_name,
+                serde_json::json!({}),
+                format!("failed: {e}"),
+            )),
+        };
+        if let Some(e) = entry {
+            self.history().record(e).await;
+        }
+        result
     }
 
     /// Removes the lock with id `id` (and only that one).
     pub async fn force_unlock(&self, id: &str) -> Result<lock::LockInfo, Error> {
-        Ok(self.locker().force_unlock(id).await?)
+        let result = self.locker().force_unlock(id).await;
+        let (what, outcome) = match &result {
+            Ok(info) => (
+                serde_json::json!({"lock_id": id, "holder": info.to_string()}),
+                "ok".to_string(),
+            ),
+            Err(e) => (serde_json::json!({"lock_id": id}), format!("failed: {e}")),
+        };
+        self.history()
+            .record(history::Entry::new("force-unlock", what, outcome))
+            .await;
+        Ok(result?)
     }
 
     pub async fn read_state(&self) -> Result<State, Error> {

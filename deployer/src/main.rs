@@ -82,6 +82,62 @@ enum Command {
     ForceUnlock { id: String },
     /// Show who holds the state lock, if anyone.
     LockInfo,
+    /// Upload a release bundle (server binary + manifest with sha256) to the artifact
+    /// bucket under releases/<SHA>/.
+    Publish {
+        #[arg(long)]
+        release: String,
+        #[arg(long, value_name = "PATH")]
+        server_binary: PathBuf,
+        /// The model version the release serves (the health gate checks it).
+        #[arg(long)]
+        model_version: Option<String>,
+    },
+    /// Blue/green: launch the idle colour with the release, health-gate it, move the
+    /// Elastic IP to it, keep the old colour for the rollback window, then retire it.
+    Deploy {
+        #[arg(long)]
+        release: String,
+        #[command(flatten)]
+        opts: ReleaseArgs,
+    },
+    /// Move the Elastic IP back to the previous colour (if alive and healthy), else
+    /// redeploy the previous release.
+    Rollback {
+        #[command(flatten)]
+        opts: ReleaseArgs,
+    },
+    /// Terminate the colours whose rollback window is over.
+    Retire {
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        lock_timeout: Duration,
+    },
+    /// Active colour, release, model, each instance's health, the Elastic IP.
+    Status {
+        #[command(flatten)]
+        probes: ProbeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit log: applies, deploys, rollbacks, unlocks (who, when, what, outcome).
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Local simulation: a loopback TCP forwarder standing in for the Elastic IP,
+    /// following DescribeAddresses with a propagation delay.
+    Forward {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// COLOR=http://127.0.0.1:PORT, for blue and green.
+        #[arg(long = "endpoint", value_name = "COLOR=URL")]
+        endpoints: Vec<String>,
+        /// How long a move takes to reach traffic (AWS: typically 5-20s).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        delay: Duration,
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        poll: Duration,
+    },
     /// Post a saved plan as a comment on a pull request, editing the deployer's earlier
     /// comment there instead of adding another. Repository, token and API address come
     /// from GITHUB_REPOSITORY, GITHUB_TOKEN and GITHUB_API_URL.
@@ -96,6 +152,85 @@ enum Command {
         #[arg(long, env = "GITHUB_SHA")]
         commit: Option<String>,
     },
+}
+
+/// Where the health gate's probes go.
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// A colour's server, COLOR=http://127.0.0.1:PORT (tests, local demo). Probes go
+    /// to loopback only unless --allow-public-probes.
+    #[arg(
+        long = "endpoint",
+        value_name = "COLOR=URL",
+        env = "DEPLOYER_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+    /// The service through the Elastic IP, verified after the move (locally: the
+    /// forwarder).
+    #[arg(long, value_name = "URL", env = "DEPLOYER_FIXED_ENDPOINT")]
+    fixed_endpoint: Option<String>,
+    /// Production: probe the instances' real addresses (never in tests: the emulator
+    /// invents addresses for machines that do not exist).
+    #[arg(long)]
+    allow_public_probes: bool,
+}
+
+impl ProbeArgs {
+    fn endpoints(&self) -> anyhow::Result<deployer::health::Endpoints> {
+        Ok(deployer::health::Endpoints::parse(
+            &self.endpoints,
+            self.fixed_endpoint.as_deref(),
+            self.allow_public_probes,
+        )?)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ReleaseArgs {
+    #[command(flatten)]
+    probes: ProbeArgs,
+    /// How long the new colour has to report ready with the expected release and model.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    health_deadline: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    probe_interval: Duration,
+    /// How long the previous colour is kept for a rollback.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    rollback_window: Duration,
+    /// Do not wait out the window: `deployer retire` (or the next deploy) ends it.
+    #[arg(long)]
+    no_wait: bool,
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    lock_timeout: Duration,
+}
+
+impl ReleaseArgs {
+    fn options(&self) -> anyhow::Result<deployer::release::ReleaseOptions> {
+        Ok(deployer::release::ReleaseOptions {
+            endpoints: self.probes.endpoints()?,
+            health_deadline: self.health_deadline,
+            probe_interval: self.probe_interval,
+            rollback_window: self.rollback_window,
+            wait_window: !self.no_wait,
+            lock_timeout: self.lock_timeout,
+            ..Default::default()
+        })
+    }
+}
+
+fn print_deployed(verb: &str, d: &deployer::release::Deployed) {
+    println!(
+        "{verb}: release {} on {} ({}) holds the Elastic IP.",
+        d.release, d.color, d.instance_id
+    );
+    if let Some((c, id)) = &d.previous {
+        if d.retired.contains(id) {
+            println!("The rollback window is over: {c} ({id}) terminated.");
+        } else {
+            println!("{c} ({id}) is kept for a rollback until its window ends.");
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -259,6 +394,139 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Comment { .. } => unreachable!("handled before the configuration is loaded"),
+        Command::Publish {
+            release,
+            server_binary,
+            model_version,
+        } => {
+            let m = deployer::publish::publish(
+                &d.clients,
+                &d.cfg.artifacts.bucket,
+                &release,
+                &server_binary,
+                model_version.as_deref(),
+            )
+            .await
+            .context("publish")?;
+            println!(
+                "Published release {} to s3://{}/{} (model {}).",
+                m.release,
+                d.cfg.artifacts.bucket,
+                deployer::publish::prefix(&m.release),
+                m.model_version.as_deref().unwrap_or("not set")
+            );
+            Ok(0)
+        }
+        Command::Deploy { release, opts } => {
+            let dep = d
+                .deploy(&release, &opts.options()?)
+                .await
+                .context("deploy")?;
+            print_deployed("Deployed", &dep);
+            Ok(0)
+        }
+        Command::Rollback { opts } => {
+            let dep = d.rollback(&opts.options()?).await.context("rollback")?;
+            print_deployed("Rolled back", &dep);
+            Ok(0)
+        }
+        Command::Retire { lock_timeout } => {
+            let ids = d.retire(lock_timeout).await.context("retire")?;
+            println!(
+                "Terminated {} instance(s) past their rollback window.",
+                ids.len()
+            );
+            Ok(0)
+        }
+        Command::Status { probes, json } => {
+            let st = d.status(&probes.endpoints()?).await.context("status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!(
+                    "Active colour: {}",
+                    st.active
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "none".into())
+                );
+                println!(
+                    "Elastic IP {} -> {} ({})",
+                    st.eip_public_ip.as_deref().unwrap_or("-"),
+                    st.eip_instance.as_deref().unwrap_or("no instance"),
+                    st.eip_color
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "not one of ours".into())
+                );
+                for c in &st.colors {
+                    println!(
+                        "  {:5} {} release {} model {} [{}] {}{}",
+                        c.color.to_string(),
+                        c.instance_id,
+                        c.release,
+                        c.model_version.as_deref().unwrap_or("-"),
+                        c.state,
+                        c.health,
+                        c.retire_after
+                            .map(|t| format!(" (retires after {t})"))
+                            .unwrap_or_default()
+                    );
+                }
+                if let Some(l) = &st.last {
+                    println!(
+                        "Last: {} {} at {}: {}",
+                        l.operation, l.release, l.at, l.outcome
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::History { json } => {
+            let entries = d.history().list().await.context("history")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                for e in &entries {
+                    println!(
+                        "{}  {:12} {:24} {}  {}",
+                        e.at.format("%Y-%m-%d %H:%M:%S"),
+                        e.operation,
+                        e.who,
+                        e.outcome,
+                        e.what
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Forward {
+            listen,
+            endpoints,
+            delay,
+            poll,
+        } => {
+            let eps = deployer::health::Endpoints::parse(&endpoints, None, false)?;
+            let state = d.read_state().await.context("reading the state")?;
+            let allocation = state
+                .resources
+                .get("aws_eip.api")
+                .map(|r| r.id.clone())
+                .context("no aws_eip.api in the state: run `deployer apply` first")?;
+            let f = deployer::forwarder::start(
+                d.clients.clone(),
+                deployer::forwarder::ForwarderConfig {
+                    listen,
+                    allocation,
+                    endpoints: eps.colors,
+                    delay,
+                    poll,
+                },
+            )
+            .await
+            .context("forward")?;
+            println!("Forwarding {} to the Elastic IP's holder.", f.addr);
+            f.run_forever().await;
+            Ok(0)
+        }
         Command::LockInfo => {
             match d.locker().current().await.context("reading the lock")? {
                 Some(info) => println!("{info}"),

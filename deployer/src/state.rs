@@ -69,6 +69,13 @@ pub struct InstanceRecord {
     pub release: String,
     pub ami: String,
     pub launched_at: chrono::DateTime<chrono::Utc>,
+    /// The model version its release serves (from the release manifest).
+    #[serde(default)]
+    pub model_version: Option<String>,
+    /// Set on the colour that lost the Elastic IP: after this it is terminated (the
+    /// rollback window). Cleared when a rollback gives it the address back.
+    #[serde(default)]
+    pub retire_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The blue/green part of the state (issue 7 drives it).
@@ -79,6 +86,19 @@ pub struct ReleaseState {
     pub eip_holder: Option<Color>,
     #[serde(default)]
     pub instances: BTreeMap<Color, InstanceRecord>,
+    /// The last deploy or rollback and how it ended.
+    #[serde(default)]
+    pub last: Option<ReleaseEvent>,
+}
+
+/// What the last release operation did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseEvent {
+    pub operation: String,
+    pub release: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `ok`, or `failed: <why>`.
+    pub outcome: String,
 }
 
 /// The whole state document.

@@ -1,0 +1,621 @@
+//! Blue/green releases against the emulator, with real `server` processes on loopback
+//! standing in for the instances (the emulator's instances do not exist: their 54.x /
+//! 10.x addresses are never probed).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use common::{Setup, path_str, setup};
+use deployer::state::Color;
+use model::classifier::{Classifier, Logistic};
+use model::{Artifact, ArtifactSpec, FeatureEncoding, Features, Model};
+
+/// The `server` binary of the same target directory as this test (built if missing).
+fn server_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            // target/debug/deps/bluegreen-<hash> -> target/debug/server
+            let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+            let bin = dir.join("server");
+            if !bin.exists() {
+                let st = Command::new(env!("CARGO"))
+                    .args(["build", "-p", "server", "--bin", "server"])
+                    .current_dir(harness::repo_root())
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "building the server");
+            }
+            assert!(bin.exists(), "no server binary at {}", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// A model artifact directory (promoted as `latest`); returns (dir, version).
+fn model_dir() -> (tempfile::TempDir, String) {
+    let mut train = Vec::new();
+    for (i, b) in ["a", "b", "c", "d"].iter().enumerate() {
+        for k in 0..5 {
+            train.push(Features {
+                attr_a: (i + k) as i64 % 3,
+                attr_b: (*b).into(),
+                scd_a: 0.1 * (k as f64) + 0.2 * i as f64,
+                scd_b: (k as i64) + 1,
+            });
+        }
+    }
+    let enc = FeatureEncoding::fit(&train).unwrap();
+    let w = enc.width();
+    let m = Model::new(
+        enc,
+        Classifier::LogisticRegression(Logistic {
+            weights: (0..w).map(|i| 0.3 - 0.1 * i as f64).collect(),
+            intercept: 0.1,
+        }),
+        0.5,
+    )
+    .unwrap();
+    let mut metrics = serde_json::Map::new();
+    metrics.insert("roc_auc".into(), serde_json::json!(0.8));
+    let a = Artifact::new(ArtifactSpec {
+        model: m,
+        code_version: "deployer-tests".into(),
+        training_data: "sha256:00".into(),
+        metrics,
+        extra_files: Default::default(),
+        created: UNIX_EPOCH + Duration::from_secs(1_795_539_600),
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    a.save(dir.path()).unwrap();
+    model::artifact::promote(dir.path(), a.version()).unwrap();
+    (dir, a.version().to_string())
+}
+
+/// A real server process on a free loopback port; killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(model: &Path, release: &str) -> Server {
+        let port = harness::free_port();
+        let child = Command::new(server_bin())
+            .args(["--model", path_str(model)])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--release", release, "--log-format", "text"])
+            .env_remove("SERVER_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut s = Server { child, port };
+        let start = Instant::now();
+        while get(port, "/healthz").is_none() {
+            assert!(s.child.try_wait().unwrap().is_none(), "server exited");
+            assert!(start.elapsed() < Duration::from_secs(30), "server not up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// GET on loopback, one connection per request; the body on 200.
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+fn release_at(port: u16) -> Option<String> {
+    let body = get(port, "/version")?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["release"].as_str().map(String::from)
+}
+
+/// An applied stack, an artifact bucket, published releases, a model.
+struct Env {
+    s: Setup,
+    model: tempfile::TempDir,
+    model_version: String,
+}
+
+async fn env(releases: &[&str]) -> Env {
+    let s = setup(harness::moto());
+    let (model, model_version) = model_dir();
+    let s2 = Setup {
+        moto: s.moto,
+        dir: s.dir.clone(),
+        config_path: s.config_path.clone(),
+        cfg: s.cfg.clone(),
+    };
+    let server = server_bin();
+    let rels: Vec<String> = releases.iter().map(|r| r.to_string()).collect();
+    let mv = model_version.clone();
+    let clients = s.clients().await;
+    clients
+        .s3
+        .create_bucket()
+        .bucket(&s.cfg.artifacts.bucket)
+        .send()
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        s2.ok(&["init"]);
+        s2.ok(&["apply", "--auto-approve"]);
+        for r in &rels {
+            s2.ok(&[
+                "publish",
+                "--release",
+                r,
+                "--server-binary",
+                path_str(&server),
+                "--model-version",
+                &mv,
+            ]);
+        }
+    })
+    .await
+    .unwrap();
+    Env {
+        s,
+        model,
+        model_version,
+    }
+}
+
+impl Env {
+    async fn run(&self, args: Vec<String>) -> common::Run {
+        let s = Setup {
+            moto: self.s.moto,
+            dir: self.s.dir.clone(),
+            config_path: self.s.config_path.clone(),
+            cfg: self.s.cfg.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            s.run(&a)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn state(&self) -> deployer::state::State {
+        self.s.deployer().await.read_state().await.unwrap()
+    }
+
+    /// The instance DescribeAddresses shows holding the Elastic IP.
+    async fn eip_instance(&self) -> Option<String> {
+        let st = self.state().await;
+        let alloc = &st.resources["aws_eip.api"].id;
+        deployer::release::eip_holder(&self.s.clients().await, alloc)
+            .await
+            .unwrap()
+            .1
+    }
+
+    async fn live_instances(&self) -> Vec<String> {
+        let d = self.s.deployer().await;
+        deployer::instances::find_instances(&d.clients, &d.cfg)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.state != "terminated" && f.state != "shutting-down")
+            .map(|f| f.id)
+            .collect()
+    }
+
+    async fn history(&self) -> Vec<deployer::history::Entry> {
+        self.s.deployer().await.history().list().await.unwrap()
+    }
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn deploy_args(release: &str, blue: &str, green: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = args(&[
+        "deploy",
+        "--release",
+        release,
+        "--endpoint",
+        &format!("blue={blue}"),
+        "--endpoint",
+        &format!("green={green}"),
+        "--probe-interval",
+        "100ms",
+    ]);
+    if !extra.contains(&"--health-deadline") {
+        v.extend(args(&["--health-deadline", "15s"]));
+    }
+    v.extend(args(extra));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_deploy_moves_the_eip_and_the_old_colour_is_terminated_after_the_window() {
+    let e = env(&["r1", "r2"]).await;
+    let blue = Server::start(e.model.path(), "r1");
+    let green = Server::start(e.model.path(), "r2");
+
+    let first = e
+        .run(deploy_args(
+            "r1",
+            &blue.url(),
+            &green.url(),
+            &["--rollback-window", "1s"],
+        ))
+        .await;
+    assert_eq!(first.code, 0, "{}", first.all());
+    let st = e.state().await;
+    assert_eq!(st.release.eip_holder, Some(Color::Blue));
+    let blue_id = st.release.instances[&Color::Blue].instance_id.clone();
+    assert_eq!(e.eip_instance().await.as_deref(), Some(blue_id.as_str()));
+    assert_eq!(
+        st.release.instances[&Color::Blue].model_version.as_deref(),
+        Some(e.model_version.as_str())
+    );
+
+    let t = Instant::now();
+    let second = e
+        .run(deploy_args(
+            "r2",
+            &blue.url(),
+            &green.url(),
+            &["--rollback-window", "2s"],
+        ))
+        .await;
+    assert_eq!(second.code, 0, "{}", second.all());
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "the window was not kept"
+    );
+    assert!(second.stdout.contains("terminated"), "{}", second.all());
+    let st = e.state().await;
+    assert_eq!(st.release.eip_holder, Some(Color::Green));
+    let green_id = st.release.instances[&Color::Green].instance_id.clone();
+    assert_eq!(e.eip_instance().await.as_deref(), Some(green_id.as_str()));
+    // After the window only the active instance runs.
+    assert!(!st.release.instances.contains_key(&Color::Blue), "{st:#?}");
+    assert_eq!(e.live_instances().await, vec![green_id]);
+
+    let h = e.history().await;
+    let ops: Vec<(&str, bool)> = h.iter().map(|e| (e.operation.as_str(), e.ok())).collect();
+    assert_eq!(
+        ops,
+        vec![
+            ("apply", true),
+            ("deploy", true),
+            ("deploy", true),
+            ("retire", true)
+        ],
+        "{h:#?}"
+    );
+    let hist = e.run(args(&["history"])).await;
+    assert_eq!(hist.code, 0);
+    assert!(
+        hist.stdout.contains("deploy") && hist.stdout.contains("r2"),
+        "{}",
+        hist.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_never_gets_ready_or_reports_the_wrong_version_is_abandoned() {
+    let e = env(&["r1", "r2"]).await;
+    let blue = Server::start(e.model.path(), "r1");
+    let ok = e
+        .run(deploy_args("r1", &blue.url(), "http://127.0.0.1:1", &[]))
+        .await;
+    assert_eq!(ok.code, 0, "{}", ok.all());
+    let blue_id = e.state().await.release.instances[&Color::Blue]
+        .instance_id
+        .clone();
+
+    // Green answers, but with another release than the one deployed.
+    let wrong = Server::start(e.model.path(), "not-r2");
+    let r = e
+        .run(deploy_args(
+            "r2",
+            &blue.url(),
+            &wrong.url(),
+            &["--health-deadline", "2s"],
+        ))
+        .await;
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("abandoned") && r.stderr.contains("not-r2"),
+        "{}",
+        r.all()
+    );
+
+    // Green never answers at all (nothing listens there).
+    let dead = format!("http://127.0.0.1:{}", harness::free_port());
+    let r2 = e
+        .run(deploy_args(
+            "r2",
+            &blue.url(),
+            &dead,
+            &["--health-deadline", "2s"],
+        ))
+        .await;
+    assert_ne!(r2.code, 0, "{}", r2.all());
+    assert!(
+        r2.stderr.contains("abandoned") && r2.stderr.contains("connect"),
+        "{}",
+        r2.all()
+    );
+
+    // The old instance still holds the address; the new ones are gone.
+    let st = e.state().await;
+    assert_eq!(st.release.eip_holder, Some(Color::Blue));
+    assert_eq!(e.eip_instance().await.as_deref(), Some(blue_id.as_str()));
+    assert!(!st.release.instances.contains_key(&Color::Green));
+    assert_eq!(e.live_instances().await, vec![blue_id]);
+    let last = st.release.last.unwrap();
+    assert!(last.outcome.starts_with("failed:"), "{last:?}");
+
+    let h = e.history().await;
+    let failed: Vec<_> = h
+        .iter()
+        .filter(|x| x.operation == "deploy" && !x.ok())
+        .collect();
+    assert_eq!(failed.len(), 2, "{h:#?}");
+    assert!(failed[0].outcome.contains("not-r2"), "{:?}", failed[0]);
+    assert!(failed[1].outcome.contains("not healthy"), "{:?}", failed[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_returns_the_fixed_endpoint_to_the_old_release() {
+    let e = env(&["r1", "r2"]).await;
+    let blue = Server::start(e.model.path(), "r1");
+    let green = Server::start(e.model.path(), "r2");
+    let st_apply = e.state().await;
+    let fwd = deployer::forwarder::start(
+        e.s.clients().await,
+        deployer::forwarder::ForwarderConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            allocation: st_apply.resources["aws_eip.api"].id.clone(),
+            endpoints: [
+                (
+                    Color::Blue,
+                    deployer::health::Target::parse(&blue.url(), false).unwrap(),
+                ),
+                (
+                    Color::Green,
+                    deployer::health::Target::parse(&green.url(), false).unwrap(),
+                ),
+            ]
+            .into(),
+            delay: Duration::from_millis(300),
+            poll: Duration::from_millis(100),
+        },
+    )
+    .await
+    .unwrap();
+    let fixed = format!("http://{}", fwd.addr);
+    let extra = [
+        "--no-wait",
+        "--rollback-window",
+        "10m",
+        "--fixed-endpoint",
+        fixed.as_str(),
+    ];
+    for r in ["r1", "r2"] {
+        let d = e
+            .run(deploy_args(r, &blue.url(), &green.url(), &extra))
+            .await;
+        assert_eq!(d.code, 0, "{}", d.all());
+    }
+    let port = fwd.addr.port();
+    assert_eq!(release_at(port).as_deref(), Some("r2"));
+
+    let mut rb = args(&["rollback", "--endpoint"]);
+    rb.push(format!("blue={}", blue.url()));
+    rb.extend(args(&[
+        "--endpoint",
+        &format!("green={}", green.url()),
+        "--probe-interval",
+        "100ms",
+    ]));
+    rb.extend(args(&[
+        "--health-deadline",
+        "15s",
+        "--no-wait",
+        "--fixed-endpoint",
+        &fixed,
+    ]));
+    let r = e.run(rb).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    // Verified through the fixed address before returning.
+    assert_eq!(release_at(port).as_deref(), Some("r1"));
+    let st = e.state().await;
+    assert_eq!(st.release.eip_holder, Some(Color::Blue));
+    assert_eq!(
+        e.eip_instance().await.as_deref(),
+        Some(st.release.instances[&Color::Blue].instance_id.as_str())
+    );
+    assert!(st.release.instances[&Color::Green].retire_after.is_some());
+
+    let status = e
+        .run(args(&[
+            "status",
+            "--json",
+            "--endpoint",
+            &format!("blue={}", blue.url()),
+            "--endpoint",
+            &format!("green={}", green.url()),
+        ]))
+        .await;
+    assert_eq!(status.code, 0, "{}", status.all());
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(v["active"], "blue");
+    assert_eq!(v["eip_color"], "blue");
+    assert_eq!(v["colors"][0]["health"], "healthy", "{v:#}");
+    assert_eq!(v["colors"][0]["model_version"], e.model_version.as_str());
+    let h = e.history().await;
+    assert_eq!(
+        h.last().map(|x| (x.operation.as_str(), x.ok())),
+        Some(("rollback", true))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_to_anything_but_loopback_are_refused() {
+    let e = env(&["r1"]).await;
+    // No endpoint override and no production flag: refused before anything launches.
+    let r = e.run(args(&["deploy", "--release", "r1"])).await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("refusing to probe"), "{}", r.all());
+    // An override naming an emulator-style public or private address: refused.
+    for bad in ["blue=http://54.210.1.2:8080", "blue=http://10.42.1.7:8080"] {
+        let r = e
+            .run(args(&["deploy", "--release", "r1", "--endpoint", bad]))
+            .await;
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("refusing to probe"), "{}", r.all());
+    }
+    assert!(
+        e.live_instances().await.is_empty(),
+        "an instance was launched"
+    );
+    // status never probes the invented addresses either.
+    let blue = Server::start(e.model.path(), "r1");
+    let ok = e
+        .run(deploy_args("r1", &blue.url(), "http://127.0.0.1:1", &[]))
+        .await;
+    assert_eq!(ok.code, 0, "{}", ok.all());
+    let st = e.run(args(&["status"])).await;
+    assert_eq!(st.code, 0, "{}", st.all());
+    assert!(st.stdout.contains("not probed"), "{}", st.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_through_the_forwarder_sees_no_failure_and_one_version_switch() {
+    let e = env(&["r1", "r2"]).await;
+    let blue = Server::start(e.model.path(), "r1");
+    let mut green = Server::start(e.model.path(), "r2");
+    let first = e
+        .run(deploy_args("r1", &blue.url(), &green.url(), &[]))
+        .await;
+    assert_eq!(first.code, 0, "{}", first.all());
+    // Green's process stands in for an instance that does not exist yet: restart it
+    // fresh so nothing but the forwarder's switch can route to it.
+    green.stop();
+    let green = Server::start(e.model.path(), "r2");
+    let st = e.state().await;
+    let delay = Duration::from_millis(1500);
+    let fwd = deployer::forwarder::start(
+        e.s.clients().await,
+        deployer::forwarder::ForwarderConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            allocation: st.resources["aws_eip.api"].id.clone(),
+            endpoints: [
+                (
+                    Color::Blue,
+                    deployer::health::Target::parse(&blue.url(), false).unwrap(),
+                ),
+                (
+                    Color::Green,
+                    deployer::health::Target::parse(&green.url(), false).unwrap(),
+                ),
+            ]
+            .into(),
+            delay,
+            poll: Duration::from_millis(100),
+        },
+    )
+    .await
+    .unwrap();
+    let port = fwd.addr.port();
+
+    // A bounded load generator: 2 threads, one request per connection, at most 20k.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::<(Instant, Option<String>)>::new()));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = release_at(port);
+                    seen.lock().unwrap().push((Instant::now(), r));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let fixed = format!("http://{}", fwd.addr);
+    let d = e
+        .run(deploy_args(
+            "r2",
+            &blue.url(),
+            &green.url(),
+            &["--rollback-window", "2s", "--fixed-endpoint", &fixed],
+        ))
+        .await;
+    assert_eq!(d.code, 0, "{}", d.all());
+    // The old instance is terminated after the window: its process goes too.
+    drop(blue);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by_key(|s| s.0);
+    let failed = seen.iter().filter(|s| s.1.is_none()).count();
+    let mut versions: Vec<&str> = seen.iter().filter_map(|s| s.1.as_deref()).collect();
+    let total = seen.len();
+    versions.dedup();
+    eprintln!(
+        "load through the forwarder: {total} requests, {failed} failed, versions {versions:?}, switches {}",
+        fwd.switches()
+    );
+    assert!(total > 100, "too little load: {total}");
+    assert_eq!(failed, 0);
+    assert_eq!(
+        versions,
+        vec!["r1", "r2"],
+        "the version must switch exactly once"
+    );
+    assert_eq!(fwd.switches(), 1);
+}
