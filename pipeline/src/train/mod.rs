@@ -651,3 +651,42 @@ pub async fn cli(args: &TrainArgs) -> Result<(), TrainError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_stratified_disjoint_and_seeded() {
+        let labels: Vec<u8> = (0..1000).map(|i| u8::from(i % 11 == 0)).collect();
+        let s = split(&labels, 3);
+        assert_eq!(s, split(&labels, 3));
+        assert_ne!(s.test, split(&labels, 4).test);
+        let mut all: Vec<usize> = [&s.train[..], &s.valid[..], &s.test[..]].concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        let pos = labels.iter().filter(|&&y| y == 1).count();
+        for (part, share) in [(&s.train, 0.6), (&s.valid, 0.2), (&s.test, 0.2)] {
+            let p = part.iter().filter(|&&i| labels[i] == 1).count();
+            assert!((p as f64 - share * pos as f64).abs() <= 1.0, "{p} of {pos}");
+        }
+    }
+
+    #[test]
+    fn store_locations_parse() {
+        assert_eq!(
+            "s3://b/models/".parse::<ModelStore>().unwrap(),
+            ModelStore::S3 {
+                bucket: "b".into(),
+                prefix: "models".into()
+            }
+        );
+        assert_eq!(
+            "out/models".parse::<ModelStore>().unwrap(),
+            ModelStore::Dir("out/models".into())
+        );
+        assert!("s3:///x".parse::<ModelStore>().is_err());
+        assert!("gs://b/x".parse::<ModelStore>().is_err());
+    }
+}
