@@ -291,7 +291,8 @@ impl Deployer {
         }
     }
 
-    async fn user_data(&self, m: &Manifest, lifetime: Duration) -> Result<String, Error> {
+    /// The rendered boot script for release manifest `m` (presigned URLs valid for `lifetime`).
+    pub async fn user_data(&self, m: &Manifest, lifetime: Duration) -> Result<String, Error> {
         let file = m.files.iter().find(|f| f.name == "server").ok_or_else(|| {
             ReleaseError::Publish(PublishError::BadManifest {
                 bucket: self.cfg.artifacts.bucket.clone(),
