@@ -331,6 +331,10 @@ async fn promotion_gate_on_s3_refuses_a_worse_model_unless_forced() {
         stderr.contains(&v1),
         "the message names the current latest: {stderr}"
     );
+    assert!(
+        stderr.contains("on this run's test split latest scores"),
+        "{stderr}"
+    );
     assert_eq!(
         store.latest().await.expect("latest").as_deref(),
         Some(v1.as_str())

@@ -84,10 +84,13 @@ pub enum TrainError {
     Incumbent { version: String, reason: String },
     #[error(
         "not promoted: new model {new_version} has test ROC AUC {new_auc:.4}, worse than latest \
-         {latest_version} ({latest_auc:.4}) by more than the margin {margin}; it is saved at \
-         {saved}, latest still names {latest_version} (use --force to promote it anyway)"
+         {latest_version} ({latest_auc:.4}) by more than the margin {margin}{note}; it is saved \
+         at {saved}, latest still names {latest_version} (use --force to promote it anyway)"
     )]
     NotPromoted {
+        /// Empty, or how latest scores on this run's test split (tells a data change
+        /// from a worse model).
+        note: String,
         new_version: String,
         new_auc: f64,
         latest_version: String,
@@ -479,30 +482,37 @@ pub enum Promotion {
 
 /// Saves `a` and moves `latest` to it unless the gate refuses
 /// ([`TrainError::NotPromoted`]: the version stays saved, `latest` unchanged).
+///
+/// `test` (features and labels of this run's test split), when given, is scored with
+/// the incumbent too, for the refusal message.
 pub async fn publish(
     store: &Store,
     a: &Artifact,
     margin: f64,
     force: bool,
+    test: Option<(&[Features], &[u8])>,
 ) -> Result<(String, Promotion), TrainError> {
     let new_auc = stored_test_auc(a).unwrap_or(f64::NAN);
     // Read the incumbent before saving, so a broken `latest` is reported up front.
     let incumbent = match store.latest().await? {
         None => None,
         Some(v) => {
-            let auc = match store.load(&v).await {
-                Ok(old) => stored_test_auc(&old)
-                    .ok_or_else(|| "its manifest has no metrics.test.roc_auc".to_string()),
-                Err(e) => Err(e.to_string()),
+            let (auc, here) = match store.load(&v).await {
+                Ok(old) => (
+                    stored_test_auc(&old)
+                        .ok_or_else(|| "its manifest has no metrics.test.roc_auc".to_string()),
+                    test.and_then(|(f, y)| rescore(&old.model, f, y)),
+                ),
+                Err(e) => (Err(e.to_string()), None),
             };
-            Some((v, auc))
+            Some((v, auc, here))
         }
     };
     let saved = store.save(a).await?;
     tracing::info!(version = a.version(), at = %saved, "saved");
     let promotion = match incumbent {
         None => Promotion::First,
-        Some((previous, Ok(previous_auc))) => {
+        Some((previous, Ok(previous_auc), here)) => {
             if new_auc >= previous_auc - margin {
                 Promotion::Promoted {
                     previous,
@@ -515,6 +525,9 @@ pub async fn publish(
                 }
             } else {
                 return Err(TrainError::NotPromoted {
+                    note: here.map_or_else(String::new, |h| {
+                        format!(" (on this run's test split latest scores {h:.4})")
+                    }),
                     new_version: a.version().to_string(),
                     new_auc,
                     latest_version: previous,
@@ -524,7 +537,7 @@ pub async fn publish(
                 });
             }
         }
-        Some((previous, Err(reason))) => {
+        Some((previous, Err(reason), _)) => {
             if force {
                 Promotion::Forced {
                     previous,
@@ -540,6 +553,15 @@ pub async fn publish(
     };
     store.promote(a.version()).await?;
     Ok((saved, promotion))
+}
+
+/// ROC AUC of `m` on records; `None` if a record cannot be scored by it.
+fn rescore(m: &Model, features: &[Features], labels: &[u8]) -> Option<f64> {
+    let scores = features
+        .iter()
+        .map(|f| m.predict_proba(f).ok())
+        .collect::<Option<Vec<f64>>>()?;
+    Some(metrics::roc_auc(&scores, labels))
 }
 
 /// `pipeline train` options.
@@ -595,7 +617,14 @@ pub async fn run(
     println!("{table}");
     let artifact = make_artifact(&trained, &data, seed)?;
     let version = artifact.version().to_string();
-    let (saved, promotion) = publish(store, &artifact, margin, force).await?;
+    let test_features: Vec<Features> = trained
+        .split
+        .test
+        .iter()
+        .map(|&i| data.features[i].clone())
+        .collect();
+    let test = Some((&test_features[..], &trained.test_labels[..]));
+    let (saved, promotion) = publish(store, &artifact, margin, force, test).await?;
     tracing::info!(
         version,
         ?promotion,
