@@ -1,24 +1,32 @@
 //! `make demo`: the main job, end to end, on this machine.
 //!
-//! Starts a private PostgreSQL cluster and the AWS emulator on loopback, builds the
-//! database (`pipeline db migrate`, `pipeline db users`), uploads the input files to a
-//! local bucket laid out as the original system's, and shows what is there. Services
-//! stop when the demo ends, however it ends (Ctrl-C included): the harness's watchdogs
-//! see to that.
+//! Starts a private PostgreSQL cluster and the AWS emulator on loopback, then runs the
+//! product's own binaries as a user would: `pipeline db migrate|users`, `generate` into a
+//! local bucket laid out as the original one (or uploads a given folder), the loads,
+//! the quality checks, the feature store, training, and a `server` process answering
+//! the original example request. Services stop when the demo ends, however it ends
+//! (Ctrl-C included): the harness's watchdogs see to that, and the server is a child
+//! killed on the way out.
+//!
+//! Usage: `demo [DIR]` — with DIR, upload that folder instead of generating data.
+//! Environment: DEMO_CUSTOMERS (default 150000), DEMO_MONTHS (default 36),
+//! DEMO_OUT (pictures and logs, default `out/demo`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
 const BUCKET: &str = "ml-data";
+const EXAMPLE: &str =
+    r#"{"idx": 150000, "features": {"attr_a": 1, "attr_b": "c", "scd_a": 0.55, "scd_b": 3}}"#;
 
 struct Steps(Vec<(String, f64)>);
 
 impl Steps {
     fn run<T>(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-        println!("==> {name}");
+        println!("\n==> {name}");
         let t = Instant::now();
         let out = f().with_context(|| format!("step failed: {name}"))?;
         self.0.push((name.to_string(), t.elapsed().as_secs_f64()));
@@ -38,25 +46,25 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-fn run_cli(bin: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<String> {
-    let out = Command::new(bin)
+/// Runs a product binary with its output shown, failing on a non-zero exit.
+fn run_cli(bin: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+    let status = Command::new(bin)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v.as_str())))
-        .output()
+        .stdin(Stdio::null())
+        .status()
         .with_context(|| format!("running {}", bin.display()))?;
-    if !out.status.success() {
+    if !status.success() {
         bail!(
-            "{} {} exited with {}: {}",
-            bin.display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            "`{} {}` exited with {status}",
+            bin.file_name().unwrap_or_default().to_string_lossy(),
+            args.join(" ")
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(())
 }
 
-/// Every file under `dir`, as (path, key relative to `dir`).
+/// Every CSV file under `dir`, as (path, key relative to `dir`).
 fn files_under(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -78,6 +86,40 @@ fn files_under(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
+/// A child process killed when dropped (the server the demo starts).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let raw = harness::http_request(port, method, path, body)
+        .with_context(|| format!("{method} http://127.0.0.1:{port}{path}"))?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn env_num(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     match run().await {
@@ -90,11 +132,13 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let data = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(harness::fixtures_dir);
+    let given = std::env::args().nth(1).map(PathBuf::from);
+    let customers = env_num("DEMO_CUSTOMERS", 150_000)?;
+    let months = env_num("DEMO_MONTHS", 36)?;
+    let out_dir = PathBuf::from(std::env::var("DEMO_OUT").unwrap_or_else(|_| "out/demo".into()));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let pipeline = sibling_binary("pipeline")?;
+    let server = sibling_binary("server")?;
     let mut steps = Steps(Vec::new());
 
     let pg = steps.run("start a private PostgreSQL cluster on loopback", || {
@@ -106,19 +150,23 @@ async fn run() -> anyhow::Result<()> {
     pg.psql("postgres", "CREATE DATABASE ml")?;
 
     // Throwaway secrets for this run only, handed over through the environment.
+    let ds_pw = harness::unique("ds");
+    let source = format!("s3://{BUCKET}/raw");
+    let models = format!("s3://{BUCKET}/models");
     let mut env: Vec<(&str, String)> = moto.env();
     env.push(("DATABASE_URL", pg.admin_url("ml")));
-    env.push(("DS_USER_PASSWORD", harness::unique("ds")));
+    env.push(("DS_DATABASE_URL", pg.url_for("ds_user", &ds_pw, "ml")));
+    env.push(("DS_USER_PASSWORD", ds_pw.clone()));
     env.push(("MLE_USER_PASSWORD", harness::unique("mle")));
+    env.push(("PIPELINE_SOURCE", source.clone()));
+    env.push(("MODELS", models.clone()));
     env.push(("RUST_LOG", "warn".into()));
 
     steps.run("pipeline db migrate", || {
-        print!("{}", run_cli(&pipeline, &["db", "migrate"], &env)?);
-        Ok(())
+        run_cli(&pipeline, &["db", "migrate"], &env)
     })?;
     steps.run("pipeline db users", || {
-        print!("{}", run_cli(&pipeline, &["db", "users"], &env)?);
-        Ok(())
+        run_cli(&pipeline, &["db", "users"], &env)
     })?;
 
     let sdk = moto.sdk_config().await;
@@ -127,46 +175,127 @@ async fn run() -> anyhow::Result<()> {
             .force_path_style(true)
             .build(),
     );
-    println!("==> upload {} to s3://{BUCKET}/", data.display());
-    let t = Instant::now();
     s3.create_bucket().bucket(BUCKET).send().await?;
-    let files = files_under(&data)?;
-    if files.is_empty() {
-        bail!("no CSV files under {}", data.display());
+    match &given {
+        None => steps.run(
+            &format!("pipeline generate: {customers} customers, {months} months"),
+            || {
+                run_cli(
+                    &pipeline,
+                    &[
+                        "generate",
+                        "--out",
+                        &source,
+                        "--customers",
+                        &customers.to_string(),
+                        "--months",
+                        &months.to_string(),
+                    ],
+                    &env,
+                )
+            },
+        )?,
+        Some(dir) => {
+            println!("\n==> upload {} to {source}/", dir.display());
+            let t = Instant::now();
+            let files = files_under(dir)?;
+            if files.is_empty() {
+                bail!("no CSV files under {}", dir.display());
+            }
+            for (path, key) in &files {
+                let body = aws_sdk_s3::primitives::ByteStream::from_path(path)
+                    .await
+                    .with_context(|| format!("reading {}", path.display()))?;
+                s3.put_object()
+                    .bucket(BUCKET)
+                    .key(format!("raw/{key}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .with_context(|| format!("uploading {key}"))?;
+            }
+            steps.0.push((
+                format!("upload {} files", files.len()),
+                t.elapsed().as_secs_f64(),
+            ));
+        }
     }
-    for (path, key) in &files {
-        let body = aws_sdk_s3::primitives::ByteStream::from_path(path)
-            .await
-            .with_context(|| format!("reading {}", path.display()))?;
-        s3.put_object()
-            .bucket(BUCKET)
-            .key(key)
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("uploading {key}"))?;
-    }
-    steps.0.push((
-        format!("upload {} files", files.len()),
-        t.elapsed().as_secs_f64(),
-    ));
 
-    println!("\ns3://{BUCKET}/");
-    let listing = s3.list_objects_v2().bucket(BUCKET).send().await?;
-    for o in listing.contents() {
-        println!(
-            "  {:>10} bytes  {}",
-            o.size().unwrap_or_default(),
-            o.key().unwrap_or_default()
-        );
-    }
+    // The generated months run from 2020-01; stop the schedule where the data stops.
+    let until = {
+        let m = months.max(1) - 1;
+        format!("{:04}-{:02}", 2020 + m / 12, m % 12 + 1)
+    };
+    steps.run("pipeline load-customers", || {
+        run_cli(&pipeline, &["load-customers"], &env)
+    })?;
+    steps.run(&format!("pipeline catch-up (2020-01 to {until})"), || {
+        run_cli(&pipeline, &["catch-up", "--until", &until], &env)
+    })?;
+    steps.run("pipeline build-features", || {
+        run_cli(&pipeline, &["build-features"], &env)
+    })?;
+    steps.run("pipeline check", || run_cli(&pipeline, &["check"], &env))?;
+    steps.run("pipeline status", || run_cli(&pipeline, &["status"], &env))?;
+    steps.run("pipeline train (as ds_user), promote to latest", || {
+        run_cli(&pipeline, &["train"], &env)
+    })?;
+
+    let port = harness::free_port();
+    let _server = steps.run(
+        &format!("server on 127.0.0.1:{port}, model {models}"),
+        || {
+            let child = Command::new(&server)
+                .args(["--model", &models, "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--release", "demo"])
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .env("SERVER_LOG_FORMAT", "text")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::create(out_dir.join("server.log"))
+                        .context("creating the server log")?,
+                )
+                .spawn()
+                .context("starting the server")?;
+            let child = Killed(child);
+            let start = Instant::now();
+            loop {
+                if let Ok((200, _)) = http(port, "GET", "/readyz", "") {
+                    return Ok(child);
+                }
+                if start.elapsed() > Duration::from_secs(60) {
+                    bail!(
+                        "the server was not ready within 60 s; see {}",
+                        out_dir.join("server.log").display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        },
+    )?;
+    let answer = steps.run(
+        "a live prediction with the original example request",
+        || {
+            let (status, body) = http(port, "POST", "/predict", EXAMPLE)?;
+            if status != 200 {
+                bail!("POST /predict answered {status}: {body}");
+            }
+            Ok(body)
+        },
+    )?;
 
     println!("\nsummary");
     for (name, secs) in &steps.0 {
         println!("  {secs:>7.2} s  {name}");
     }
+    println!("\nrequest:  {EXAMPLE}");
+    println!("answer:   {}", answer.trim());
     println!(
-        "\nPostgreSQL on 127.0.0.1:{} and the AWS emulator on {}; both stop now.",
+        "\nexample (this server stops with the demo; `deployer` serves it for good):\n  curl -s -X POST http://127.0.0.1:{port}/predict -d '{EXAMPLE}'"
+    );
+    println!(
+        "\nPostgreSQL on 127.0.0.1:{}, the AWS emulator on {} and the server stop now.",
         pg.port(),
         moto.endpoint()
     );
