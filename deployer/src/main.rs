@@ -57,6 +57,9 @@ enum Command {
         /// Do not take the state lock (read-only plans in CI, at your own risk).
         #[arg(long)]
         no_lock: bool,
+        /// Also show the blue/green cutover `deploy --release` would make.
+        #[arg(long, value_name = "SHA")]
+        release: Option<String>,
     },
     /// Bring the real resources to the configuration (or carry out a saved plan).
     ///
@@ -323,6 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             destroy,
             lock_timeout,
             no_lock,
+            release,
         } => {
             let op = if destroy {
                 Operation::Destroy
@@ -343,6 +347,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
                 print!("{}", render(&plan));
+            }
+            if let Some(r) = &release {
+                deployer::publish::check_release(r)?;
+                let state = d.read_state().await.context("reading the state")?;
+                print!(
+                    "{}",
+                    deployer::release::cutover_preview(
+                        &state,
+                        r,
+                        &deployer::release::ReleaseOptions::default()
+                    )
+                );
             }
             if let Some(path) = out {
                 std::fs::write(&path, serde_json::to_vec_pretty(&plan)?)

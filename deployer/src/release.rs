@@ -786,6 +786,37 @@ impl Deployer {
     }
 }
 
+/// What `deploy --release` would do from `state`, in plan language (for
+/// `deployer plan --release`).
+pub fn cutover_preview(state: &State, release: &str, opts: &ReleaseOptions) -> String {
+    let active = state.release.eip_holder;
+    let idle = active.map(Color::other).unwrap_or(Color::Blue);
+    let mut out = String::from("\nBlue/green cutover for release ");
+    out.push_str(release);
+    out.push_str(":\n");
+    if let Some(old) = state.release.instances.get(&idle) {
+        out.push_str(&format!(
+            "  - aws_instance.{idle} ({}, release {}): replaced, it is the idle colour\n",
+            old.instance_id, old.release
+        ));
+    }
+    out.push_str(&format!(
+        "  + aws_instance.{idle}: release {release}\n  ? health gate: /readyz ready and /version reporting {release} and the manifest's model, within {}s\n",
+        opts.health_deadline.as_secs()
+    ));
+    match active.and_then(|c| state.release.instances.get(&c).map(|r| (c, r))) {
+        Some((c, r)) => out.push_str(&format!(
+            "  ~ aws_eip.api: {c} ({}, release {}) -> {idle} (new instance)\n  - aws_instance.{c} ({}): terminated after the {}s rollback window\n",
+            r.instance_id,
+            r.release,
+            r.instance_id,
+            opts.rollback_window.as_secs()
+        )),
+        None => out.push_str(&format!("  ~ aws_eip.api: (none) -> {idle} (new instance)\n")),
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

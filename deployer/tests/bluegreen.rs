@@ -290,6 +290,17 @@ async fn good_deploy_moves_the_eip_and_the_old_colour_is_terminated_after_the_wi
         Some(e.model_version.as_str())
     );
 
+    let preview = e.run(args(&["plan", "--release", "r2"])).await;
+    assert_eq!(preview.code, 0, "{}", preview.all());
+    assert!(
+        preview.stdout.contains(&format!(
+            "~ aws_eip.api: blue ({blue_id}, release r1) -> green"
+        )),
+        "{}",
+        preview.all()
+    );
+    assert!(preview.stdout.contains("health gate"), "{}", preview.all());
+
     let t = Instant::now();
     let second = e
         .run(deploy_args(
