@@ -508,8 +508,13 @@ impl Deployer {
         store.write(&mut state).await?;
         tracing::info!(color = %idle, instance = %id, "the Elastic IP moved");
 
-        self.verify_fixed(release, manifest.model_version.as_deref(), opts)
-            .await?;
+        self.verify_fixed(
+            &allocation,
+            release,
+            manifest.model_version.as_deref(),
+            opts,
+        )
+        .await?;
         Ok(Deployed {
             release: release.into(),
             color: idle,
@@ -521,15 +526,32 @@ impl Deployer {
 
     async fn verify_fixed(
         &self,
+        allocation: &str,
         release: &str,
         model: Option<&str>,
         opts: &ReleaseOptions,
     ) -> Result<(), Error> {
-        let Some(fixed) = opts.endpoints.fixed else {
-            tracing::warn!(
-                "no fixed endpoint given (--fixed-endpoint): not verifying through the Elastic IP"
-            );
-            return Ok(());
+        let fixed = match opts.endpoints.fixed {
+            Some(f) => f,
+            // Production: the Elastic IP itself, on the API port.
+            None if opts.endpoints.allow_public => {
+                let (ip, _) = eip_holder(&self.clients, allocation).await?;
+                let Some(ip) = ip.and_then(|i| i.parse::<IpAddr>().ok()) else {
+                    return Err(ReleaseError::NotVerified {
+                        release: release.into(),
+                        why: "the Elastic IP has no public address".into(),
+                    }
+                    .into());
+                };
+                health::Target::new(std::net::SocketAddr::new(ip, self.cfg.api_port), true)
+                    .map_err(ReleaseError::from)?
+            }
+            None => {
+                tracing::warn!(
+                    "no fixed endpoint given (--fixed-endpoint): not verifying through the Elastic IP"
+                );
+                return Ok(());
+            }
         };
         health::gate(
             fixed,
@@ -691,7 +713,7 @@ impl Deployer {
                     outcome: "ok".into(),
                 });
                 store.write(&mut state).await?;
-                self.verify_fixed(&rec.release, rec.model_version.as_deref(), opts).await?;
+                self.verify_fixed(&allocation, &rec.release, rec.model_version.as_deref(), opts).await?;
                 Ok(Next::Done(Deployed {
                     release: rec.release,
                     color: prev,

@@ -630,3 +630,60 @@ async fn load_through_the_forwarder_sees_no_failure_and_one_version_switch() {
     );
     assert_eq!(fwd.switches(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_redeploys_the_previous_release_when_its_instance_is_gone() {
+    let e = env(&["r1", "r2"]).await;
+    let blue = Server::start(e.model.path(), "r1");
+    let green = Server::start(e.model.path(), "r2");
+    for r in ["r1", "r2"] {
+        let d = e
+            .run(deploy_args(
+                r,
+                &blue.url(),
+                &green.url(),
+                &["--no-wait", "--rollback-window", "10m"],
+            ))
+            .await;
+        assert_eq!(d.code, 0, "{}", d.all());
+    }
+    // The previous colour's instance dies during its window.
+    let st = e.state().await;
+    let old_blue = st.release.instances[&Color::Blue].instance_id.clone();
+    let c = e.s.clients().await;
+    deployer::instances::terminate(&c, &old_blue, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let mut rb = args(&["rollback", "--endpoint"]);
+    rb.push(format!("blue={}", blue.url()));
+    rb.extend(args(&[
+        "--endpoint",
+        &format!("green={}", green.url()),
+        "--probe-interval",
+        "100ms",
+        "--health-deadline",
+        "15s",
+        "--no-wait",
+    ]));
+    let r = e.run(rb).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let st = e.state().await;
+    assert_eq!(st.release.eip_holder, Some(Color::Blue));
+    let new_blue = &st.release.instances[&Color::Blue];
+    assert_eq!(new_blue.release, "r1");
+    assert_ne!(
+        new_blue.instance_id, old_blue,
+        "a new instance was launched"
+    );
+    assert_eq!(
+        e.eip_instance().await.as_deref(),
+        Some(new_blue.instance_id.as_str())
+    );
+    let h = e.history().await;
+    assert!(
+        h.iter()
+            .any(|x| x.operation == "rollback" && x.what["how"] == "redeploy"),
+        "{h:#?}"
+    );
+}
