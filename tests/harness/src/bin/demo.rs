@@ -3,8 +3,10 @@
 //! Starts a private PostgreSQL cluster and the AWS emulator on loopback, then runs the
 //! product's own binaries as a user would: `pipeline db migrate|users`, `generate` into a
 //! local bucket laid out as the original one (or uploads a given folder), the loads,
-//! the quality checks, the feature store, training, and a `server` process answering
-//! the original example request. Services stop when the demo ends, however it ends
+//! the quality checks, the feature store, training, and `server` processes answering
+//! the original example request, then `deployer init|plan|apply|publish` and two
+//! blue/green deploys behind a loopback stand-in for the Elastic IP, with a live
+//! prediction through the fixed endpoint after each. Services stop when the demo ends, however it ends
 //! (Ctrl-C included): the harness's watchdogs see to that, and the server is a child
 //! killed on the way out.
 //!
@@ -111,6 +113,30 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<(u16,
     Ok((status, body))
 }
 
+fn predict(port: u16) -> anyhow::Result<String> {
+    let (status, body) = http(port, "POST", "/predict", EXAMPLE)?;
+    if status != 200 {
+        bail!("POST /predict answered {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// `[section] key = "value"` from a TOML text.
+fn toml_string(text: &str, section: &str, key: &str) -> anyhow::Result<String> {
+    let mut in_section = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_section = line == format!("[{section}]");
+        } else if in_section
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            return Ok(v.trim().trim_matches('"').to_string());
+        }
+    }
+    bail!("deploy.example.toml has no [{section}] {key}")
+}
+
 fn env_num(name: &str, default: u64) -> anyhow::Result<u64> {
     match std::env::var(name) {
         Ok(v) => v
@@ -139,6 +165,7 @@ async fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let pipeline = sibling_binary("pipeline")?;
     let server = sibling_binary("server")?;
+    let deployer = sibling_binary("deployer")?;
     let mut steps = Steps(Vec::new());
 
     let pg = steps.run("start a private PostgreSQL cluster on loopback", || {
@@ -241,61 +268,158 @@ async fn run() -> anyhow::Result<()> {
         run_cli(&pipeline, &["train"], &env)
     })?;
 
-    let port = harness::free_port();
-    let _server = steps.run(
-        &format!("server on 127.0.0.1:{port}, model {models}"),
-        || {
-            let child = Command::new(&server)
-                .args(["--model", &models, "--listen", &format!("127.0.0.1:{port}")])
-                .args(["--release", "demo"])
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                .env("SERVER_LOG_FORMAT", "text")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(
-                    std::fs::File::create(out_dir.join("server.log"))
-                        .context("creating the server log")?,
-                )
-                .spawn()
-                .context("starting the server")?;
-            let child = Killed(child);
-            let start = Instant::now();
-            loop {
-                if let Ok((200, _)) = http(port, "GET", "/readyz", "") {
-                    return Ok(child);
-                }
-                if start.elapsed() > Duration::from_secs(60) {
-                    bail!(
-                        "the server was not ready within 60 s; see {}",
-                        out_dir.join("server.log").display()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        },
-    )?;
+    // The stack, as a user would run it: deploy.example.toml as it is, against the
+    // emulator. The "instances" are real server processes on loopback, one per colour,
+    // and a loopback forwarder stands in for the Elastic IP.
+    let config = out_dir.join("deploy.toml");
+    std::fs::copy(harness::repo_root().join("deploy.example.toml"), &config)
+        .context("copying deploy.example.toml")?;
+    let cfg_text = std::fs::read_to_string(&config)?;
+    let artifacts_bucket = toml_string(&cfg_text, "artifacts", "bucket")?;
+    s3.create_bucket().bucket(&artifacts_bucket).send().await?;
+    let model_version = {
+        let o = s3
+            .get_object()
+            .bucket(BUCKET)
+            .key("models/latest")
+            .send()
+            .await?;
+        let b = o.body.collect().await?.into_bytes();
+        String::from_utf8_lossy(&b).trim().to_string()
+    };
+    env.push(("DEPLOYER_CONFIG", config.display().to_string()));
+
+    steps.run("deployer init", || run_cli(&deployer, &["init"], &env))?;
+    steps.run("deployer plan", || run_cli(&deployer, &["plan"], &env))?;
+    steps.run("deployer apply", || {
+        run_cli(&deployer, &["apply", "--auto-approve"], &env)
+    })?;
+    let server_path = server.display().to_string();
+    for r in ["r1", "r2"] {
+        steps.run(&format!("deployer publish --release {r}"), || {
+            run_cli(
+                &deployer,
+                &[
+                    "publish",
+                    "--release",
+                    r,
+                    "--server-binary",
+                    &server_path,
+                    "--model-version",
+                    &model_version,
+                ],
+                &env,
+            )
+        })?;
+    }
+
+    // Stand-ins for the two colours' instances: each serves the published model and
+    // reports its release, as the boot script would make it do.
+    let start_server = |release: &str| -> anyhow::Result<(Killed, u16)> {
+        let port = harness::free_port();
+        let child = Command::new(&server)
+            .args(["--model", &models, "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--release", release])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("SERVER_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(out_dir.join(format!("server-{release}.log")))
+                    .context("creating the server log")?,
+            )
+            .spawn()
+            .context("starting the server")?;
+        Ok((Killed(child), port))
+    };
+    let (_blue, blue_port) = start_server("r1")?;
+    let (_green, green_port) = start_server("r2")?;
+    let fixed_port = harness::free_port();
+    let endpoints =
+        format!("blue=http://127.0.0.1:{blue_port},green=http://127.0.0.1:{green_port}");
+    let _forwarder = Killed(
+        Command::new(&deployer)
+            .args(["forward", "--listen", &format!("127.0.0.1:{fixed_port}")])
+            .args(["--endpoint", &format!("blue=http://127.0.0.1:{blue_port}")])
+            .args([
+                "--endpoint",
+                &format!("green=http://127.0.0.1:{green_port}"),
+            ])
+            .args(["--delay", "2s", "--poll", "200ms"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(out_dir.join("forwarder.log"))
+                    .context("creating the forwarder log")?,
+            )
+            .spawn()
+            .context("starting the Elastic IP forwarder")?,
+    );
+    let mut deploy_env = env.clone();
+    deploy_env.push(("DEPLOYER_ENDPOINTS", endpoints));
+    deploy_env.push((
+        "DEPLOYER_FIXED_ENDPOINT",
+        format!("http://127.0.0.1:{fixed_port}"),
+    ));
+    let deploy = |release: &str| {
+        run_cli(
+            &deployer,
+            &[
+                "deploy",
+                "--release",
+                release,
+                "--probe-interval",
+                "200ms",
+                "--health-deadline",
+                "60s",
+                "--rollback-window",
+                "3s",
+            ],
+            &deploy_env,
+        )
+    };
+    steps.run("deployer deploy --release r1 (blue/green)", || deploy("r1"))?;
     let answer = steps.run(
-        "a live prediction with the original example request",
-        || {
-            let (status, body) = http(port, "POST", "/predict", EXAMPLE)?;
-            if status != 200 {
-                bail!("POST /predict answered {status}: {body}");
-            }
-            Ok(body)
-        },
+        &format!("a live prediction through the fixed endpoint 127.0.0.1:{fixed_port}"),
+        || predict(fixed_port),
     )?;
+    steps.run("deployer deploy --release r2 over r1 (blue/green)", || {
+        deploy("r2")
+    })?;
+    let second = steps.run("the same prediction, now served by r2", || {
+        let start = Instant::now();
+        loop {
+            let (_, v) = http(fixed_port, "GET", "/version", "")?;
+            if v.contains("\"r2\"") {
+                return predict(fixed_port);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("the fixed endpoint still serves {v} 30 s after the deploy");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })?;
+    steps.run("deployer status", || {
+        run_cli(&deployer, &["status"], &deploy_env)
+    })?;
+    steps.run("deployer history", || {
+        run_cli(&deployer, &["history"], &env)
+    })?;
+    let port = fixed_port;
 
     println!("\nsummary");
     for (name, secs) in &steps.0 {
         println!("  {secs:>7.2} s  {name}");
     }
     println!("\nrequest:  {EXAMPLE}");
-    println!("answer:   {}", answer.trim());
+    println!("answer:   {}   (release r1)", answer.trim());
+    println!("answer:   {}   (release r2)", second.trim());
     println!(
-        "\nexample (this server stops with the demo; `deployer` serves it for good):\n  curl -s -X POST http://127.0.0.1:{port}/predict -d '{EXAMPLE}'"
+        "\nexample, through the fixed endpoint (it stops with the demo):\n  curl -s -X POST http://127.0.0.1:{port}/predict -d '{EXAMPLE}'"
     );
     println!(
-        "\nPostgreSQL on 127.0.0.1:{}, the AWS emulator on {} and the server stop now.",
+        "\nPostgreSQL on 127.0.0.1:{}, the AWS emulator on {}, the servers and the forwarder stop now.",
         pg.port(),
         moto.endpoint()
     );
