@@ -152,23 +152,23 @@ pub fn render_comment(plan: &Plan, commit: Option<&str>) -> String {
         }
         head.push('\n');
     }
+    // Drift: resources that exist but differ (update/replace), or that were found by
+    // their tags or carry a reason (a duplicate, a leak). Each listed once.
     let drift: Vec<&Change> = plan
         .changes
         .iter()
-        .filter(|c| c.action != Action::Create && (c.reason.is_some() || c.adopted))
-        .filter(|c| c.action != Action::NoOp || c.adopted)
+        .filter(|c| match c.action {
+            Action::Update | Action::Replace => true,
+            Action::Create => false,
+            Action::Delete => c.reason.is_some() || c.adopted,
+            Action::NoOp => c.adopted,
+        })
         .collect();
-    let real_drift: Vec<&Change> = plan
-        .changes
-        .iter()
-        .filter(|c| matches!(c.action, Action::Update | Action::Replace))
-        .collect();
-    if !drift.is_empty() || !real_drift.is_empty() {
+    if !drift.is_empty() {
         head.push_str(
             "**Drift** (real resources that differ from the configuration or the state)\n",
         );
-        let all: Vec<&&Change> = real_drift.iter().chain(drift.iter()).collect();
-        for c in all.iter().take(LIST_MAX) {
+        for c in drift.iter().take(LIST_MAX) {
             let what = c.reason.clone().unwrap_or_else(|| {
                 let names: Vec<&str> = c.attributes.iter().map(|a| a.name.as_str()).collect();
                 if c.adopted {
@@ -179,8 +179,8 @@ pub fn render_comment(plan: &Plan, commit: Option<&str>) -> String {
             });
             let _ = writeln!(head, "- `{}`: {what}", c.address);
         }
-        if all.len() > LIST_MAX {
-            let _ = writeln!(head, "- ... and {} more", all.len() - LIST_MAX);
+        if drift.len() > LIST_MAX {
+            let _ = writeln!(head, "- ... and {} more", drift.len() - LIST_MAX);
         }
         head.push('\n');
     }

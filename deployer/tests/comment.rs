@@ -68,6 +68,25 @@ async fn fake_github() -> (MockServer, FakeComments) {
     (server, comments)
 }
 
+#[test]
+fn a_drifted_resource_is_listed_once() {
+    let mut p = plan("shop", 3);
+    p.changes[0].reason = Some("ingress rule added by hand".into());
+    let body = render_comment(&p, None);
+    let drift = body
+        .split("**Drift**")
+        .nth(1)
+        .and_then(|d| d.split("<details>").next())
+        .expect("a drift section");
+    assert_eq!(
+        drift.matches("aws_security_group_rule.r0").count(),
+        1,
+        "{drift}"
+    );
+    assert!(drift.contains("ingress rule added by hand"), "{drift}");
+    assert!(!drift.contains("r1`"), "creates are not drift: {drift}");
+}
+
 fn plan(app: &str, n_changes: usize) -> Plan {
     let changes: Vec<Change> = (0..n_changes)
         .map(|i| Change {
