@@ -20,6 +20,9 @@ use super::TrainError;
 /// Hyper-parameters, fixed: the data is small and the validation split picks the family.
 pub const LOGISTIC_ALPHA: f64 = 1.0;
 pub const LOGISTIC_MAX_ITERATIONS: u64 = 200;
+/// L-BFGS stops when the L2 norm of the gradient of the *summed* objective
+/// (`sum of log losses + alpha/2 |w|^2`) falls below this (linfa's default).
+pub const LOGISTIC_GRADIENT_TOLERANCE: f64 = 1e-4;
 pub const TREES: usize = 16;
 /// Rows per bootstrap sample, at most (linfa-trees' fit cost grows with rows).
 pub const BOOTSTRAP_MAX: usize = 10_000;
@@ -38,6 +41,7 @@ pub fn logistic(x: ArrayView2<'_, f64>, y: &[u8]) -> Result<Classifier, TrainErr
     let fitted = LogisticRegression::default()
         .alpha(LOGISTIC_ALPHA)
         .max_iterations(LOGISTIC_MAX_ITERATIONS)
+        .gradient_tolerance(LOGISTIC_GRADIENT_TOLERANCE)
         .fit(&ds)
         .map_err(|e| fit_err("logistic_regression")(e.to_string()))?;
     // linfa's "positive" class is the *more frequent* label (0 with ~9% positives),

@@ -225,6 +225,46 @@ pub struct Trained {
     pub test_labels: Vec<u8>,
 }
 
+/// The encoded splits [`train`] fits and evaluates on: the encoding fitted on the
+/// training split, one matrix and label vector per split (rows in `split` order).
+/// Public so that the training benchmark (`bench/train`) exports exactly these.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub split: Split,
+    pub encoding: FeatureEncoding,
+    pub x_train: Array2<f64>,
+    pub y_train: Vec<u8>,
+    pub x_valid: Array2<f64>,
+    pub y_valid: Vec<u8>,
+    pub x_test: Array2<f64>,
+    pub y_test: Vec<u8>,
+}
+
+/// Checks there are enough rows of each class, splits ([`split`]), fits the encoding
+/// on the training split and encodes all three splits.
+pub fn prepare(data: &Data, seed: u64) -> Result<Prepared, TrainError> {
+    let positives = data.labels.iter().filter(|&&y| y == 1).count();
+    let negatives = data.labels.len() - positives;
+    if positives < MIN_PER_CLASS || negatives < MIN_PER_CLASS {
+        return Err(TrainError::TooFew {
+            positives,
+            negatives,
+        });
+    }
+    let split = split(&data.labels, seed);
+    let encoding = FeatureEncoding::fit(split.train.iter().map(|&i| &data.features[i]))?;
+    Ok(Prepared {
+        x_train: matrix(&encoding, data, &split.train)?,
+        x_valid: matrix(&encoding, data, &split.valid)?,
+        x_test: matrix(&encoding, data, &split.test)?,
+        y_train: pick(&data.labels, &split.train),
+        y_valid: pick(&data.labels, &split.valid),
+        y_test: pick(&data.labels, &split.test),
+        encoding,
+        split,
+    })
+}
+
 fn matrix(enc: &FeatureEncoding, data: &Data, rows: &[usize]) -> Result<Array2<f64>, TrainError> {
     let mut x = Array2::<f64>::zeros((rows.len(), enc.width()));
     for (k, &i) in rows.iter().enumerate() {
@@ -241,7 +281,8 @@ fn matrix(enc: &FeatureEncoding, data: &Data, rows: &[usize]) -> Result<Array2<f
     Ok(x)
 }
 
-fn score(model: &Model, x: &Array2<f64>) -> Vec<f64> {
+/// P(label = 1) of every row of an encoded matrix.
+pub fn score(model: &Model, x: &Array2<f64>) -> Vec<f64> {
     x.rows()
         .into_iter()
         .map(|r| match r.as_slice() {
@@ -259,22 +300,16 @@ fn pick<T: Copy>(v: &[T], rows: &[usize]) -> Vec<T> {
 /// validation data and evaluates on the test split. Pure CPU: call it from a blocking
 /// task in async code.
 pub fn train(data: &Data, seed: u64) -> Result<Trained, TrainError> {
-    let positives = data.labels.iter().filter(|&&y| y == 1).count();
-    let negatives = data.labels.len() - positives;
-    if positives < MIN_PER_CLASS || negatives < MIN_PER_CLASS {
-        return Err(TrainError::TooFew {
-            positives,
-            negatives,
-        });
-    }
-    let split = split(&data.labels, seed);
-    let encoding = FeatureEncoding::fit(split.train.iter().map(|&i| &data.features[i]))?;
-    let x_train = matrix(&encoding, data, &split.train)?;
-    let x_valid = matrix(&encoding, data, &split.valid)?;
-    let x_test = matrix(&encoding, data, &split.test)?;
-    let y_train = pick(&data.labels, &split.train);
-    let y_valid = pick(&data.labels, &split.valid);
-    let y_test = pick(&data.labels, &split.test);
+    let Prepared {
+        split,
+        encoding,
+        x_train,
+        y_train,
+        x_valid,
+        y_valid,
+        x_test,
+        y_test,
+    } = prepare(data, seed)?;
 
     let mut candidates = Vec::new();
     let mut best: Option<(f64, Model, Vec<f64>)> = None;
