@@ -211,8 +211,7 @@ fn feature_rows(dir: &Path) -> Result<Data> {
 
 /// A NumPy `.npy` file (format 1.0): a text header, then the data little-endian, C order.
 fn write_npy(path: &Path, descr: &str, shape: &str, body: &[u8]) -> Result<()> {
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // magic (6) + version (2) + length (2) + header, padded with spaces to 64 bytes
     // and ended by a newline.
     while (10 + header.len() + 1) % 64 != 0 {
