@@ -397,7 +397,7 @@ fn record(
         .inc();
     if let Some(log) = &state.predlog {
         log.log(Record {
-            ts: model::time::rfc3339_millis(SystemTime::now()),
+            ts: SystemTime::now(),
             idx: r.idx,
             features: r.features,
             label: p.label,

@@ -15,6 +15,7 @@ use clap::Parser;
 use server::app::{AppConfig, AppState};
 use server::metrics::Metrics;
 use server::predlog::PredLog;
+use server::predlog::pg::PgSinkConfig;
 use server::serve::{ServeOptions, run};
 use server::source::{Fetcher, ModelSource};
 
@@ -49,6 +50,20 @@ struct Args {
     /// Records the prediction log may queue before it drops (and counts) them.
     #[arg(long, env = "SERVER_PREDICTION_LOG_CAPACITY", default_value_t = 10_000)]
     prediction_log_capacity: usize,
+    /// Also write every prediction to the `predictions` table of this PostgreSQL
+    /// database (postgres://USER:PASSWORD@HOST:PORT/DB; no TLS yet, so sslmode=require
+    /// and verify-* are refused). Prefer the environment: a flag shows in `ps`.
+    #[arg(long, env = "PREDICTION_DATABASE_URL", hide_env_values = true)]
+    prediction_database_url: Option<String>,
+    /// Most records in one COPY into the predictions table.
+    #[arg(long, env = "SERVER_PREDICTION_DB_BATCH", default_value_t = 1000)]
+    prediction_database_batch: usize,
+    /// Milliseconds a record waits at most for its batch to fill.
+    #[arg(long, env = "SERVER_PREDICTION_DB_FLUSH_MS", default_value_t = 200)]
+    prediction_database_flush_ms: u64,
+    /// Records the database sink may queue before it drops (and counts) them.
+    #[arg(long, env = "SERVER_PREDICTION_DB_CAPACITY", default_value_t = 10_000)]
+    prediction_database_capacity: usize,
     /// Log format on stderr.
     #[arg(long, env = "SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -80,13 +95,23 @@ fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
 async fn main_inner(args: Args) -> anyhow::Result<()> {
     let source: ModelSource = args.model.parse().context("--model")?;
     let metrics = Arc::new(Metrics::new());
-    let predlog = match &args.prediction_log {
-        Some(p) => Some(
-            PredLog::start(p, args.prediction_log_capacity, metrics.clone())
-                .with_context(|| format!("opening the prediction log {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let mut predlog = PredLog::new();
+    if let Some(url) = args
+        .prediction_database_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    {
+        // Checked before anything starts: a bad URL is a startup error, one line.
+        let mut cfg = PgSinkConfig::parse(url)?;
+        cfg.batch = args.prediction_database_batch.max(1);
+        cfg.flush_interval = Duration::from_millis(args.prediction_database_flush_ms);
+        cfg.capacity = args.prediction_database_capacity.max(1);
+        predlog = predlog.with_postgres(cfg, &metrics);
+    }
+    if let Some(p) = &args.prediction_log {
+        predlog = predlog.with_file(p, args.prediction_log_capacity, &metrics)?;
+    }
+    let predlog = (!predlog.is_empty()).then_some(predlog);
     let admin_token = std::env::var("SERVER_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());

@@ -8,8 +8,8 @@
 //! | `unknown_category_total` | | instances whose `attr_b` was never seen in training |
 //! | `model_info` | version | 1 for the model being served |
 //! | `model_reloads_total` | result (ok, error) | reload attempts |
-//! | `prediction_log_written_total` | | records written to the prediction log |
-//! | `prediction_log_dropped_total` | | records dropped (log channel full or closed) |
+//! | `prediction_log_written_total` | sink (file, postgres) | records written by each prediction sink |
+//! | `prediction_log_dropped_total` | sink (file, postgres) | records a sink dropped: its queue full or closed, or a failed write |
 //!
 //! `route` is the matched route (`/predict`, ...) or `unmatched`, never the raw path,
 //! so a scan of random URLs cannot blow up the label set.
@@ -46,6 +46,11 @@ pub struct VersionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -60,8 +65,9 @@ pub struct Metrics {
     pub unknown_category: Counter,
     pub model_info: Family<VersionLabels, Gauge>,
     pub reloads: Family<ResultLabels, Counter>,
-    pub log_written: Counter,
-    pub log_dropped: Counter,
+    /// Per sink; a sink takes its two counters once at start (no lookup per record).
+    pub log_written: Family<SinkLabels, Counter>,
+    pub log_dropped: Family<SinkLabels, Counter>,
     /// Serialises model_info updates (clear + set must not interleave).
     info_lock: Mutex<()>,
 }
@@ -113,16 +119,16 @@ impl Metrics {
             "Model reload attempts, by result",
             reloads.clone(),
         );
-        let log_written = Counter::default();
+        let log_written = Family::<SinkLabels, Counter>::default();
         registry.register(
             "prediction_log_written",
-            "Prediction records written to the log",
+            "Prediction records written, by sink",
             log_written.clone(),
         );
-        let log_dropped = Counter::default();
+        let log_dropped = Family::<SinkLabels, Counter>::default();
         registry.register(
             "prediction_log_dropped",
-            "Prediction records dropped because the log channel was full or closed",
+            "Prediction records dropped, by sink: its queue was full or closed, or the write failed",
             log_dropped.clone(),
         );
         Metrics {
@@ -167,6 +173,16 @@ impl Metrics {
         self.latency
             .get_or_create(&RouteLabels { route })
             .observe(secs);
+    }
+
+    /// The (written, dropped) counters of one prediction sink; they share their values
+    /// with the registered series.
+    pub fn sink_counters(&self, sink: &'static str) -> (Counter, Counter) {
+        let l = SinkLabels { sink };
+        (
+            self.log_written.get_or_create(&l).clone(),
+            self.log_dropped.get_or_create(&l).clone(),
+        )
     }
 
     /// The exposition text.

@@ -3,7 +3,8 @@
 //!
 //! Shutdown: stop accepting (the listener is dropped), readiness turns 503, every open
 //! connection finishes its in-flight request and is closed, all within the deadline;
-//! then the prediction log is flushed and [`run`] returns.
+//! then the prediction sinks write what is queued (within the same deadline again) and
+//! [`run`] returns.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -139,14 +140,9 @@ pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeEr
             tracing::warn!("shutdown deadline passed with connections still open; closing them");
         }
     }
-    if state.predlog.is_some() {
-        let st = state.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(l) = &st.predlog {
-                l.close();
-            }
-        })
-        .await;
+    if let Some(l) = &state.predlog {
+        // A budget of its own: the sinks write what is queued, then give up.
+        l.close(opts.shutdown_timeout).await;
     }
     tracing::info!("stopped");
     Ok(())
