@@ -30,4 +30,4 @@ if ! cmp -s bench/train/requirements.txt "$VENV/requirements.txt"; then
 fi
 
 target/release/examples/train_bench --out "$OUT" --customers "$CUSTOMERS" --seed 42 --reps "$REPS"
-"$VENV/bin/python" bench/train/sklearn_baseline.py "$OUT" "$REPS"
+"$VENV/bin/python" bench/train/sklearn_baseline.py "$OUT" "$REPS" target/release/examples/train_bench

@@ -43,10 +43,18 @@ struct Args {
     /// Timed fits; the median is reported.
     #[arg(long, default_value_t = 7)]
     reps: usize,
+    /// Only time the fit on the exported `<out>/x_train.npy`, `y_train.npy` (after one
+    /// untimed warm-up fit) and print the seconds as a JSON list: the baseline script
+    /// calls this between its own fits, so both sides see the same load.
+    #[arg(long)]
+    fit_only: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.fit_only {
+        return fit_only(&args);
+    }
     let data_dir = args.out.join("data");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("{}", data_dir.display()))?;
 
@@ -147,6 +155,20 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+fn fit_only(args: &Args) -> Result<()> {
+    let x = read_npy_f64(&args.out.join("x_train.npy"))?;
+    let y = read_npy_u8(&args.out.join("y_train.npy"))?;
+    fit::logistic(x.view(), &y)?;
+    let mut times = Vec::with_capacity(args.reps);
+    for _ in 0..args.reps.max(1) {
+        let t = Instant::now();
+        fit::logistic(x.view(), &y)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    println!("{}", serde_json::to_string(&times)?);
+    Ok(())
+}
+
 /// `feature_store`'s rows for a generated dataset, by the ETL's rules: the profile, the
 /// current activity row (empty `valid_to`; the latest `valid_from` if several) and the
 /// label, in `idx` order; customers missing either are left out.
@@ -241,4 +263,47 @@ fn write_npy_f64(path: &Path, x: &Array2<f64>) -> Result<()> {
 
 fn write_npy_u8(path: &Path, y: &[u8]) -> Result<()> {
     write_npy(path, "|u1", &format!("({},)", y.len()), y)
+}
+
+/// The body and the header's shape of an `.npy` file written by [`write_npy`].
+fn read_npy(path: &Path, descr: &str) -> Result<(Vec<u8>, Vec<usize>)> {
+    let b = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    if b.len() < 10 || &b[..8] != b"\x93NUMPY\x01\x00" {
+        bail!("{}: not a version 1.0 .npy file", path.display());
+    }
+    let hl = usize::from(u16::from_le_bytes([b[8], b[9]]));
+    let header = std::str::from_utf8(b.get(10..10 + hl).context("short header")?)?;
+    if !header.contains(&format!("'descr': '{descr}'")) || header.contains("'fortran_order': True")
+    {
+        bail!(
+            "{}: expected a C-order {descr} array, header {header}",
+            path.display()
+        );
+    }
+    let shape = header
+        .split_once("'shape': (")
+        .and_then(|(_, r)| r.split_once(')'))
+        .context("no shape")?
+        .0
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((b[10 + hl..].to_vec(), shape))
+}
+
+fn read_npy_f64(path: &Path) -> Result<Array2<f64>> {
+    let (body, shape) = read_npy(path, "<f8")?;
+    let [n, d] = shape[..] else {
+        bail!("{}: expected two dimensions, got {shape:?}", path.display());
+    };
+    let v: Vec<f64> = body
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    Ok(Array2::from_shape_vec((n, d), v)?)
+}
+
+fn read_npy_u8(path: &Path) -> Result<Vec<u8>> {
+    Ok(read_npy(path, "|u1")?.0)
 }
