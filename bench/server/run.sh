@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load benchmark on loopback, one run, one table: throughput and p50/p99 latency of
+# Load benchmark on loopback with wrk, one run, one table: throughput and p50/p99 latency of
 #   rust        this server (release build, default flags), POST /predict
 #   rust-nohdr  the same with --header-timeout 0 (no slow-header timer per request)
 #   hello       a hello-world hyper server (the ceiling)
@@ -9,21 +9,31 @@
 # then the ratios the issue asks for: rust / flask-dev (goal >= 20x) and
 # rust / hello (goal >= 60%).
 #
-# Usage: bench/server/run.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: bench/server/run.sh [DURATION_SECONDS] [CONNECTIONS] [WRK_THREADS]
 # Everything listens on 127.0.0.1; all processes started here are stopped on exit.
+# wrk comes from Debian's package (installed here with apt-get when missing, as root);
+# bench/server/post.lua sets the POST body and prints one JSON line per target.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-10}
 CONNS=${2:-16}
+THREADS=${3:-2}
 OUT=out/bench-server
 mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-cargo build --release -q -p server --bin server --example hello --example loadgen
+if ! command -v wrk >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+  else
+    echo "wrk is missing: apt-get install wrk (as root)" >&2; exit 1
+  fi
+fi
+
+cargo build --release -q -p server --bin server --example hello --example bench_artifact
 BIN=target/release
-LOADGEN=$BIN/examples/loadgen
 
 VENV=$OUT/venv
 if [ ! -x "$VENV/bin/gunicorn" ]; then
@@ -32,7 +42,7 @@ if [ ! -x "$VENV/bin/gunicorn" ]; then
 fi
 
 MODELS=$OUT/models
-"$LOADGEN" --make-artifact "$MODELS" >/dev/null
+"$BIN/examples/bench_artifact" "$MODELS" >/dev/null
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
@@ -42,10 +52,15 @@ wait_port() {
   done
   echo "nothing listening on $1" >&2; return 1
 }
+load() { # name port duration
+  BENCH_NAME=$1 wrk -t "$THREADS" -c "$CONNS" -d "${3}s" --latency -s bench/server/post.lua \
+    "http://127.0.0.1:$2/predict" > "$OUT/wrk-$1.txt"
+}
 run() { # name port
   wait_port "$2"
-  "$LOADGEN" --name "$1" --target "127.0.0.1:$2" --duration 1 --connections "$CONNS" >/dev/null  # warm-up
-  "$LOADGEN" --name "$1" --target "127.0.0.1:$2" --duration "$DUR" --connections "$CONNS" | tee -a "$OUT/results.jsonl"
+  load "$1" "$2" 1 # warm-up
+  load "$1" "$2" "$DUR"
+  grep '^{' "$OUT/wrk-$1.txt" | tail -1 | tee -a "$OUT/results.jsonl"
 }
 stop_last() { kill "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; }
 : > "$OUT/results.jsonl"
@@ -71,9 +86,9 @@ for n in ["rust", "rust-nohdr", "hello", "hello-body", "flask-dev", "gunicorn"]:
     r = rows[n]
     print(f'{n:<11} {r["rps"]:>10.0f} {r["p50_ms"]:>8.2f} {r["p99_ms"]:>8.2f} {r["errors"]:>7}')
 rust = rows["rust"]["rps"]
-print(f'\nrust / flask-dev = {rust / rows["flask-dev"]["rps"]:.1f}x   (goal >= 20x)')
-print(f'rust / gunicorn  = {rust / rows["gunicorn"]["rps"]:.1f}x')
-print(f'rust / hello     = {100 * rust / rows["hello"]["rps"]:.0f}%    (goal >= 60%)')
+print(f'\nrust / flask-dev  = {rust / rows["flask-dev"]["rps"]:.1f}x   (goal >= 20x)')
+print(f'rust / gunicorn   = {rust / rows["gunicorn"]["rps"]:.1f}x')
+print(f'rust / hello      = {100 * rust / rows["hello"]["rps"]:.0f}%    (goal >= 60%)')
 print(f'rust / hello-body = {100 * rust / rows["hello-body"]["rps"]:.0f}%')
 print(f'rust-nohdr / hello = {100 * rows["rust-nohdr"]["rps"] / rows["hello"]["rps"]:.0f}%')
 PY
