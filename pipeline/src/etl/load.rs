@@ -18,6 +18,7 @@ use std::time::Instant;
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
+use super::pgcopy;
 use super::source::ObjectReader;
 use super::spec::{self, FileSpec, Kind};
 use super::validate::Validator;
@@ -62,11 +63,20 @@ pub struct Loader {
     pub chunk_bytes: usize,
     /// Draw progress bars (default: when stderr is a terminal).
     pub progress: bool,
+    /// Months loaded at once by catch-up and backfill (1 ..= [`crate::runs::MAX_JOBS`]).
+    pub jobs: usize,
 }
 
 /// Default chunk: large enough for polars' parallel parser, small enough to bound
 /// memory (a chunk is held about three times: raw, frame, CSV out).
 pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
+
+/// Months loaded at once by default.
+pub const DEFAULT_JOBS: usize = 4;
+
+/// Files up to this size go in with one `INSERT ... unnest` rather than COPY (see
+/// [`insert_small`]); above it COPY's streaming ingest is the faster path.
+const SMALL_FILE_BYTES: usize = 1 << 20;
 
 impl Loader {
     pub fn new(pool: PgPool, source: Source) -> Loader {
@@ -75,6 +85,7 @@ impl Loader {
             source,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             progress: std::io::stderr().is_terminal(),
+            jobs: DEFAULT_JOBS,
         }
     }
 
@@ -112,7 +123,12 @@ impl Loader {
             report.tables.push((table.to_string(), n));
             report.rows_loaded += n;
         }
-        let results = quality::run_checks(&mut tx, &quality::customer_checks()).await?;
+        let mut to_run = quality::for_load(quality::customer_checks());
+        let mut results = Vec::new();
+        for (table, rows) in &report.tables {
+            results.extend(quality::row_count_from_load(&mut to_run, table, *rows));
+        }
+        results.extend(quality::run_checks(&mut tx, &to_run).await?);
         let blocking = quality::blocking_summary(&results);
         checks.extend(results);
         if let Some(b) = blocking {
@@ -158,9 +174,13 @@ impl Loader {
         self.copy_file(&mut tx, stores, "stores_in", stores_reader, checks)
             .await?;
         let upserted = sqlx::query(
-            "INSERT INTO store_locations (idx, location) SELECT idx, location FROM stores_in \
-             ON CONFLICT (idx) DO UPDATE SET location = EXCLUDED.location \
-             WHERE store_locations.location IS DISTINCT FROM EXCLUDED.location",
+            // Only new or changed stores: an unchanged row is not touched, so months
+            // loading at once do not wait on each other's row locks.
+            "INSERT INTO store_locations (idx, location) \
+             SELECT i.idx, i.location FROM stores_in i WHERE NOT EXISTS \
+               (SELECT 1 FROM store_locations l WHERE l.idx = i.idx AND l.location = i.location) \
+             ORDER BY i.idx \
+             ON CONFLICT (idx) DO UPDATE SET location = EXCLUDED.location",
         )
         .execute(&mut *tx)
         .await?
@@ -197,7 +217,11 @@ impl Loader {
 
         let mut to_check = quality::store_checks();
         to_check.extend(quality::sales_checks(Some(month)));
-        let results = quality::run_checks(&mut tx, &to_check).await?;
+        let mut to_run = quality::for_load(to_check);
+        let mut results: Vec<CheckResult> = quality::row_count_from_load(&mut to_run, "sales", n)
+            .into_iter()
+            .collect();
+        results.extend(quality::run_checks(&mut tx, &to_run).await?);
         let blocking = quality::blocking_summary(&results);
         checks.extend(results);
         if let Some(b) = blocking {
@@ -219,15 +243,19 @@ impl Loader {
     ) -> Result<u64, EtlError> {
         let started = Instant::now();
         let location = reader.location().to_string();
-        if reader.size().is_some_and(|s| s <= self.chunk_bytes as u64) {
+        if reader
+            .size()
+            .is_some_and(|s| s <= SMALL_FILE_BYTES.min(self.chunk_bytes) as u64)
+        {
             let mut v = Validator::new(spec, location);
             let n = insert_small(conn, &mut v, target, reader).await;
             checks.extend(v.results());
             return n;
         }
         let progress = Progress::new(self.progress, &spec.file, reader.size());
+        let types = pgcopy::column_types(conn, target, &spec).await?;
         let statement = format!(
-            "COPY {target} ({}) FROM STDIN WITH (FORMAT csv)",
+            "COPY {target} ({}) FROM STDIN WITH (FORMAT binary)",
             spec.column_list()
         );
         let v = Validator::new(spec, location.clone());
@@ -242,12 +270,17 @@ impl Loader {
         let producer = tokio::spawn(async move {
             let mut v = v;
             let r: Result<(), EtlError> = async {
+                let mut out = pgcopy::HEADER.to_vec();
                 loop {
                     let more = reader.read_into(v.buffer()).await?;
                     if v.buffered() >= chunk_bytes || !more {
-                        if let Some(rows) = v.take_chunk(!more)?
-                            && tx.send(rows).await.is_err()
-                        {
+                        if let Some(df) = v.take_frame(!more)? {
+                            pgcopy::encode(&v, &df, &types, &mut out)?;
+                        }
+                        if !more {
+                            out.extend_from_slice(pgcopy::TRAILER);
+                        }
+                        if !out.is_empty() && tx.send(std::mem::take(&mut out)).await.is_err() {
                             // COPY failed: the consumer reports why.
                             return Ok(());
                         }
@@ -313,6 +346,7 @@ async fn insert_small(
     target: &str,
     mut reader: ObjectReader,
 ) -> Result<u64, EtlError> {
+    let started = Instant::now();
     while reader.read_into(v.buffer()).await? {}
     let Some(df) = v.take_frame(true)? else {
         return Ok(0);
@@ -372,7 +406,13 @@ async fn insert_small(
         };
     }
     let n = q.execute(&mut *conn).await?.rows_affected();
-    tracing::info!(file = %v.location(), table = target, rows = n, "loaded");
+    tracing::info!(
+        file = %v.location(),
+        table = target,
+        rows = n,
+        secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "loaded"
+    );
     Ok(n)
 }
 

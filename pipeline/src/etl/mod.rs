@@ -4,13 +4,15 @@
 //! ([`source`]); each chunk is cut at a line end, checked for structure (UTF-8, field
 //! count per line, BOM and CRLF handled) and parsed with polars into a typed frame
 //! whose row checks are frame expressions ([`validate`]); the validated rows are
-//! written as CSV and sent straight into `COPY ... FROM STDIN` inside one transaction
-//! ([`load`]). A failure anywhere (bad line, failed error-level check, lost connection)
+//! written in PostgreSQL's binary COPY format ([`pgcopy`]) and sent straight into
+//! `COPY ... FROM STDIN` inside one transaction ([`load`]); a file under 1 MiB goes in
+//! with one `INSERT ... unnest` instead. A failure anywhere (bad line, failed error-level check, lost connection)
 //! rolls the transaction back, so nothing of the file is ever visible. Memory is
 //! bounded by the chunk size, whatever the file size; nothing is written to disk.
 
 pub mod load;
 pub mod month;
+pub mod pgcopy;
 pub mod source;
 pub mod spec;
 pub mod validate;

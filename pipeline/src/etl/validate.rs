@@ -1,11 +1,11 @@
 //! Chunked parsing and validation of one input file.
 //!
-//! Bytes are pushed in as they arrive; [`Validator::take_chunk`] cuts the buffer at the
+//! Bytes are pushed in as they arrive; [`Validator::take_frame`] cuts the buffer at the
 //! last complete line, checks the structure of every line (UTF-8, number of fields),
 //! parses the lines with polars (every column read as text, then cast to its type, so a
 //! value that does not parse is pinned to its row rather than failing the whole read),
-//! evaluates the row checks as expressions, and returns the typed rows as CSV for
-//! `COPY ... (FORMAT csv)`. Rows map one to one to lines (quoting is off and blank
+//! evaluates the row checks as expressions, and returns the typed rows as a frame (which
+//! [`super::pgcopy`] writes for `COPY ... (FORMAT binary)`). Rows map one to one to lines (quoting is off and blank
 //! lines are rejected), so every failure is reported with its file line and column.
 //!
 //! Accepted variations: a UTF-8 byte order mark, CRLF line ends, a missing line end on
@@ -178,20 +178,8 @@ impl Validator {
     }
 
     /// Validates the complete lines buffered so far (all of them when `eof`) and
-    /// returns them as CSV rows for COPY, or `None` when no complete line is buffered.
-    pub fn take_chunk(&mut self, eof: bool) -> Result<Option<Vec<u8>>, EtlError> {
-        let Some(mut df) = self.take_frame(eof)? else {
-            return Ok(None);
-        };
-        let mut out = Vec::with_capacity(df.height() * 24);
-        CsvWriter::new(&mut out)
-            .include_header(false)
-            .finish(&mut df)?;
-        Ok(Some(out))
-    }
-
-    /// As [`take_chunk`](Self::take_chunk), but the validated rows as a typed frame
-    /// (the spec's columns, in its order).
+    /// returns them as a typed frame (the spec's columns, in its order), or `None` when
+    /// no complete line is buffered.
     pub fn take_frame(&mut self, eof: bool) -> Result<Option<DataFrame>, EtlError> {
         if self.order.is_none() && !self.read_header(eof)? {
             return Ok(None);
