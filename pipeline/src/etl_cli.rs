@@ -20,6 +20,10 @@ pub struct SourceArgs {
     /// Bytes parsed and sent to the database per chunk (bounds memory).
     #[arg(long, default_value_t = pipeline::etl::load::DEFAULT_CHUNK_BYTES)]
     chunk_bytes: usize,
+    /// Months loaded at once by catch-up and backfill (at most 4).
+    #[arg(long, env = "PIPELINE_JOBS", default_value_t = pipeline::etl::load::DEFAULT_JOBS as u8,
+          value_parser = clap::value_parser!(u8).range(1..=runs::MAX_JOBS as i64))]
+    jobs: u8,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +132,7 @@ async fn loader(database_url: Option<&str>, s: &SourceArgs) -> anyhow::Result<Lo
     let pool = pool(database_url).await?;
     let mut l = Loader::new(pool, source);
     l.chunk_bytes = s.chunk_bytes.max(4096);
+    l.jobs = usize::from(s.jobs);
     Ok(l)
 }
 
@@ -289,8 +294,14 @@ pub async fn run(cmd: &EtlCommand, database_url: Option<&str>) -> anyhow::Result
                 }
             }
             let (id, _) = runs::start(&pool, runs::JOB_CHECK, runs::PERIOD_ALL).await?;
-            let mut conn = pool.acquire().await?;
+            // One read-only snapshot for every check: tables compared with each other
+            // (relationships, reconciliation) are seen at the same instant.
+            let mut conn = pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *conn)
+                .await?;
             let results = quality::run_checks(&mut conn, &checks).await;
+            drop(conn);
             let results = match results {
                 Ok(r) => r,
                 Err(e) => {
