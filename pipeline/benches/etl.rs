@@ -22,7 +22,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn psql_copy(db: &harness::TestDb, dir: &Path, months: &[Month]) -> Duration {
+/// `psql \\copy` of the customer files, then (a second psql) of the months' files.
+fn psql_copy(db: &harness::TestDb, dir: &Path, months: &[Month]) -> (Duration, Duration) {
     let mut script = String::new();
     let copy = |table: &str, cols: &str, file: &Path| {
         format!(
@@ -41,6 +42,8 @@ fn psql_copy(db: &harness::TestDb, dir: &Path, months: &[Month]) -> Duration {
         &dir.join("customer_profiles.csv"),
     ));
     script.push_str(&copy("labels", "idx,label", &dir.join("labels.csv")));
+    let customers = run_psql(db, dir, &script);
+    let mut script = String::new();
     for m in months {
         script.push_str(&copy(
             "sales",
@@ -48,6 +51,10 @@ fn psql_copy(db: &harness::TestDb, dir: &Path, months: &[Month]) -> Duration {
             &dir.join(m.sales_file()),
         ));
     }
+    (customers, run_psql(db, dir, &script))
+}
+
+fn run_psql(db: &harness::TestDb, dir: &Path, script: &str) -> Duration {
     let file = dir.join("bench.psql");
     std::fs::write(&file, script).expect("write psql script");
     let psql = harness::pg_bin().expect("pg binaries").join("psql");
@@ -85,6 +92,11 @@ async fn fresh(db: &harness::TestDb) -> sqlx::PgPool {
 
 #[tokio::main]
 async fn main() {
+    // Quiet unless RUST_LOG asks (e.g. RUST_LOG=pipeline=debug for per-file and
+    // per-check timings).
+    if std::env::var_os("RUST_LOG").is_some() {
+        pipeline::logging::init();
+    }
     let customers: u64 = env_or("ETL_BENCH_CUSTOMERS", 150_000);
     let months_n: u32 = env_or("ETL_BENCH_MONTHS", 36);
     let rounds: u32 = env_or("ETL_BENCH_ROUNDS", 3);
@@ -129,7 +141,8 @@ async fn main() {
         // The floor: psql \copy of the raw files, no validation, no checks.
         let db = harness::postgres().database();
         let _pool = fresh(&db).await;
-        let floor = psql_copy(&db, &dir, &months);
+        let (floor_customers, floor_months) = psql_copy(&db, &dir, &months);
+        let floor = floor_customers + floor_months;
         drop(db);
 
         // The pipeline: validation, COPY, table checks, ledger, monthly aggregates.
@@ -152,9 +165,11 @@ async fn main() {
         drop(pool);
         drop(db);
         println!(
-            "round {round}: psql \\copy {:.2}s | pipeline {:.2}s (customers {:.2}s, {} months \
-             {:.2}s) | ratio {:.2}x",
+            "round {round}: psql \\copy {:.2}s (customers {:.2}s, months {:.2}s) | pipeline {:.2}s \
+             (customers {:.2}s, {} months {:.2}s) | ratio {:.2}x",
             floor.as_secs_f64(),
+            floor_customers.as_secs_f64(),
+            floor_months.as_secs_f64(),
             etl.as_secs_f64(),
             customers_took.as_secs_f64(),
             months.len(),

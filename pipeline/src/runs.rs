@@ -312,24 +312,63 @@ pub async fn run_months(
     items: &[PlanItem],
     policy: &RetryPolicy,
 ) -> Result<Vec<RunSummary>, LedgerError> {
-    let todo: Vec<&PlanItem> = items.iter().filter(|i| i.run).collect();
-    let progress = Progress::items(loader.progress, "months", todo.len() as u64);
-    let mut out = Vec::new();
-    for item in todo {
+    let mut todo = Vec::new();
+    for item in items.iter().filter(|i| i.run) {
         let month: Month = item
             .month
             .parse()
             .map_err(|e| LedgerError(sqlx::Error::Protocol(format!("{e}"))))?;
-        let summary = run_tracked(&loader.pool, JOB_LOAD_SALES, &item.month, policy, || {
-            loader.load_sales(month)
-        })
-        .await?;
-        progress.inc(1);
-        out.push(summary);
+        todo.push((item.month.clone(), month));
+    }
+    let progress = Progress::items(loader.progress, "months", todo.len() as u64);
+    // Months are independent (each replaces its own rows in its own transaction), so
+    // up to `loader.jobs` run at once: a month is mostly round trips and small parses,
+    // and two overlap well even on two cores. Summaries come back in month order.
+    let jobs = loader.jobs.clamp(1, MAX_JOBS);
+    let mut results: Vec<Option<RunSummary>> = vec![None; todo.len()];
+    let mut running = tokio::task::JoinSet::new();
+    let mut next = 0;
+    let mut failure = None;
+    while next < todo.len() || !running.is_empty() {
+        while failure.is_none() && next < todo.len() && running.len() < jobs {
+            let (period, month) = todo[next].clone();
+            let (loader, policy, i) = (loader.clone(), policy.clone(), next);
+            running.spawn(async move {
+                let summary = run_tracked(&loader.pool, JOB_LOAD_SALES, &period, &policy, || {
+                    loader.load_sales(month)
+                })
+                .await;
+                (i, summary)
+            });
+            next += 1;
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        match done {
+            Ok((i, Ok(summary))) => {
+                progress.inc(1);
+                results[i] = Some(summary);
+            }
+            // The ledger itself failed: start no more months, let the running ones end.
+            Ok((_, Err(e))) => failure = failure.or(Some(e)),
+            Err(e) => {
+                failure = failure.or(Some(LedgerError(sqlx::Error::Protocol(format!(
+                    "a month's task failed: {e}"
+                )))))
+            }
+        }
     }
     progress.finish();
-    Ok(out)
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(results.into_iter().flatten().collect())
 }
+
+/// The most months loaded at once (the pool holds four connections; a month uses one
+/// at a time).
+pub const MAX_JOBS: usize = 4;
 
 /// `catch-up`: every month from `start` to `until` that has not succeeded yet
 /// (failed months included), in order.
