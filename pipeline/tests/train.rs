@@ -438,7 +438,10 @@ fn both_families_survive_the_artifact_round_trip() {
         }
     }
 
-    // linfa's own probabilities for the logistic fit equal the exported model's.
+    // linfa's own probabilities for the logistic fit equal the exported model's (our fit
+    // centres the columns and starts at the intercept-only solution: same optimum,
+    // reached by another path, so equal to the solver's tolerance, not to the bit; a
+    // wrong sign or intercept would be off by far more).
     let fitted = linfa_logistic::LogisticRegression::default()
         .alpha(train::fit::LOGISTIC_ALPHA)
         .max_iterations(train::fit::LOGISTIC_MAX_ITERATIONS)
@@ -454,7 +457,7 @@ fn both_families_survive_the_artifact_round_trip() {
     for (k, row) in x.rows().into_iter().enumerate() {
         let p = ours.predict_proba(row.as_slice().expect("contiguous"));
         assert!(
-            (p - theirs[k]).abs() < 1e-12,
+            (p - theirs[k]).abs() < 1e-6,
             "row {k}: {p} vs {}",
             theirs[k]
         );

@@ -37,18 +37,39 @@ fn fit_err(family: &'static str) -> impl FnOnce(String) -> TrainError {
 
 /// Logistic regression on `x` (encoded rows) and `y` (0/1).
 pub fn logistic(x: ArrayView2<'_, f64>, y: &[u8]) -> Result<Classifier, TrainError> {
-    // linfa needs an owned matrix anyway; a column-major copy makes its gradient's
-    // `x.t().dot(..)` walk contiguous memory (fit time -40% on 90,000 x 7 rows; same
-    // optimum, measured by bench/train).
+    // Three things that change the path to the optimum, not the optimum (the intercept
+    // is not penalised): a column-major copy, so the gradient's `x.t().dot(..)` walks
+    // contiguous memory; centred columns, which make the problem better conditioned
+    // for L-BFGS (the one-hot columns are far from mean zero); and a start at the
+    // intercept-only solution, the log-odds of linfa's "positive" class (the majority
+    // label). Measured by bench/train: the fit takes ~0.6x the iterations and time.
+    let n = x.nrows();
+    let mu = x
+        .mean_axis(Axis(0))
+        .unwrap_or_else(|| Array1::zeros(x.ncols()));
     let mut xf = Array2::<f64>::zeros((x.nrows(), x.ncols()).f());
     xf.assign(&x);
+    xf -= &mu;
+    let ones = y.iter().filter(|&&v| v == 1).count();
+    let majority = ones.max(n - ones) as f64 / n.max(1) as f64;
+    let majority = majority.clamp(1e-6, 1.0 - 1e-6);
+    let mut init = Array1::<f64>::zeros(x.ncols() + 1);
+    init[x.ncols()] = (majority / (1.0 - majority)).ln();
     let ds = Dataset::new(xf, Array1::from(y.to_vec()));
     let fitted = LogisticRegression::default()
         .alpha(LOGISTIC_ALPHA)
         .max_iterations(LOGISTIC_MAX_ITERATIONS)
         .gradient_tolerance(LOGISTIC_GRADIENT_TOLERANCE)
+        .initial_params(init)
         .fit(&ds)
         .map_err(|e| fit_err("logistic_regression")(e.to_string()))?;
+    // Back to uncentred inputs: w.(x - mu) + b = w.x + (b - w.mu).
+    let shift: f64 = fitted
+        .params()
+        .iter()
+        .zip(mu.iter())
+        .map(|(w, m)| w * m)
+        .sum();
     // linfa's "positive" class is the *more frequent* label (0 with ~9% positives),
     // and its parameters are the log-odds of that class: flip them to P(label = 1).
     let sign = if fitted.labels().pos.class == 1 {
@@ -58,7 +79,7 @@ pub fn logistic(x: ArrayView2<'_, f64>, y: &[u8]) -> Result<Classifier, TrainErr
     };
     let c = Classifier::LogisticRegression(Logistic {
         weights: fitted.params().iter().map(|w| sign * w).collect(),
-        intercept: sign * fitted.intercept(),
+        intercept: sign * (fitted.intercept() - shift),
     });
     c.validate(x.ncols())
         .map_err(|e| fit_err("logistic_regression")(e.to_string()))?;
