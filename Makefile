@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test tools lint clean-services
+.PHONY: demo test bench tools lint clean-services
 
 ## make demo: run the main job end to end on this machine, against local services.
 demo: tools
@@ -16,6 +16,10 @@ demo: tools
 test: tools
 	@echo "==> running the test suite"
 	$(CARGO) test --workspace --no-fail-fast
+
+## make bench: every benchmark with its same-run baseline, then the ratios (bench/README.md).
+bench: tools
+	bash bench/run.sh
 
 ## make lint: what CI checks besides the tests.
 lint:
