@@ -1,7 +1,33 @@
 //! Progress of long work: an indicatif bar on a terminal, nothing otherwise (the
 //! loads log one line per file instead, plain or JSON by `LOG_FORMAT`).
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::sync::OnceLock;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Every bar of the process draws through this, so log lines can be written above the
+/// bars instead of through them ([`LogWriter`]).
+fn multi() -> &'static MultiProgress {
+    static MULTI: OnceLock<MultiProgress> = OnceLock::new();
+    MULTI.get_or_init(MultiProgress::new)
+}
+
+/// Standard error for log lines: clears the bars, writes, redraws them. Without bars
+/// on screen it is plain stderr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        multi().suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -27,7 +53,9 @@ impl Progress {
             None => ProgressBar::new_spinner(),
         };
         bar.set_message(label.to_string());
-        Progress { bar: Some(bar) }
+        Progress {
+            bar: Some(multi().add(bar)),
+        }
     }
 
     /// A bar over `total` items.
@@ -40,7 +68,9 @@ impl Progress {
             b.set_style(style.progress_chars("=> "));
         }
         b.set_message(label.to_string());
-        Progress { bar: Some(b) }
+        Progress {
+            bar: Some(multi().add(b)),
+        }
     }
 
     pub fn set(&self, pos: u64) {
