@@ -111,6 +111,14 @@ pub enum EtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the pictures of the database into DIR: monthly_sales.svg (sales by store
+    /// over the months) and pipeline_runs.svg (the status grid). An empty database
+    /// gives pictures that say "no data".
+    Report {
+        /// The folder to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
     /// Write a synthetic dataset in the real formats.
     Generate {
         /// A directory or s3://BUCKET/PREFIX.
@@ -333,6 +341,28 @@ pub async fn run(cmd: &EtlCommand, database_url: Option<&str>) -> anyhow::Result
                 Some(b) => bail!("error-level checks failed: {b}"),
                 None => Ok(()),
             }
+        }
+        EtlCommand::Report { out } => {
+            let pool = pool(database_url).await?;
+            let w = pipeline::report::write(&pool, out).await?;
+            if w.stores == 0 {
+                println!(
+                    "monthly_sales is empty: {} says \"no data\"",
+                    w.monthly_sales.display()
+                );
+            }
+            if w.cells == 0 {
+                println!("no runs recorded: {} says \"no data\"", w.runs.display());
+            }
+            println!(
+                "wrote {} ({} stores, {} months) and {} ({} cells)",
+                w.monthly_sales.display(),
+                w.stores,
+                w.months,
+                w.runs.display(),
+                w.cells
+            );
+            Ok(())
         }
         EtlCommand::Generate {
             out,

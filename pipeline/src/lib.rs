@@ -9,5 +9,6 @@ pub mod generate;
 pub mod logging;
 pub mod progress;
 pub mod quality;
+pub mod report;
 pub mod runs;
 pub mod train;
