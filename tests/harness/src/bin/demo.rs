@@ -6,16 +6,25 @@
 //! the quality checks, the feature store, training, and `server` processes answering
 //! the original example request, then `deployer init|plan|apply|publish` and two
 //! blue/green deploys behind a loopback stand-in for the Elastic IP, with a live
-//! prediction through the fixed endpoint after each. Services stop when the demo ends, however it ends
-//! (Ctrl-C included): the harness's watchdogs see to that, and the server is a child
-//! killed on the way out.
+//! prediction through the fixed endpoint after each.
+//!
+//! Then it runs the job a second time against the same services, as a user re-running
+//! it would (loads, catch-up, features, checks, training, plan/apply, a third release),
+//! and fails unless the counts moved by exactly one more model and one more release:
+//! same table rows, same running instances. The pictures (monthly sales, the run grid,
+//! the model's evaluation) go to the output folder.
+//!
+//! Every process the demo starts is registered; Ctrl-C or SIGTERM at any point stops
+//! them all (`kill -TERM`, then `-KILL` after 5 s) and exits 130. PostgreSQL and the
+//! emulator stop with the demo whatever ends it: the harness's watchdogs see to that.
 //!
 //! Usage: `demo [DIR]` — with DIR, upload that folder instead of generating data.
 //! Environment: DEMO_CUSTOMERS (default 150000), DEMO_MONTHS (default 36),
 //! DEMO_OUT (pictures and logs, default `out/demo`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -48,22 +57,180 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// Runs a product binary with its output shown, failing on a non-zero exit.
-fn run_cli(bin: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
-    let status = Command::new(bin)
+/// Stopping on Ctrl-C / SIGTERM: every child the demo starts is registered here, and a
+/// signal thread with its own small runtime terminates them all, then exits 130.
+mod stop {
+    use std::process::{Command, Stdio};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    static STOPPING: AtomicBool = AtomicBool::new(false);
+
+    fn children() -> std::sync::MutexGuard<'static, Vec<u32>> {
+        CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a child just spawned; if the demo is already stopping, stops it at once.
+    pub fn register(pid: u32) {
+        let mut list = children();
+        if STOPPING.load(Ordering::SeqCst) {
+            drop(list);
+            signal_all("-TERM", &[pid]);
+        } else {
+            list.push(pid);
+        }
+    }
+
+    /// Forgets a child that has been waited for.
+    pub fn unregister(pid: u32) {
+        children().retain(|p| *p != pid);
+    }
+
+    /// While the signal thread stops everything, the main thread must not race it to an
+    /// exit code of its own: it waits here to be ended.
+    pub fn park_if_stopping() {
+        while STOPPING.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal_all(signal: &str, pids: &[u32]) {
+        if pids.is_empty() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg(signal)
+            .args(pids.iter().map(u32::to_string))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Alive and not a zombie (a dead child the main thread has not reaped yet).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    }
+
+    fn stop_all(why: &str) -> ! {
+        let pids = {
+            let mut list = children();
+            STOPPING.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *list)
+        };
+        eprintln!(
+            "\n{why}: stopping the {} process(es) the demo started; PostgreSQL and the AWS emulator stop with it",
+            pids.len()
+        );
+        signal_all("-TERM", &pids);
+        let start = Instant::now();
+        while pids.iter().any(|p| alive(*p)) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left: Vec<u32> = pids.into_iter().filter(|p| alive(*p)).collect();
+        signal_all("-KILL", &left);
+        std::process::exit(130)
+    }
+
+    /// Starts the signal thread. The handlers are in place when this returns.
+    pub fn install() -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (mut int, mut term) = {
+            let _guard = rt.enter();
+            (
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            )
+        };
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let why = rt.block_on(async {
+                    tokio::select! {
+                        _ = int.recv() => "interrupted (SIGINT)",
+                        _ = term.recv() => "terminated (SIGTERM)",
+                    }
+                });
+                stop_all(why)
+            })?;
+        Ok(())
+    }
+}
+
+fn bin_name(bin: &Path) -> String {
+    bin.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs a product binary with its output shown (or captured), registered for Ctrl-C.
+fn spawn_wait(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    capture: bool,
+) -> anyhow::Result<(ExitStatus, String)> {
+    let mut child = Command::new(bin)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v.as_str())))
         .stdin(Stdio::null())
-        .status()
+        .stdout(if capture {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
+        .spawn()
         .with_context(|| format!("running {}", bin.display()))?;
+    let pid = child.id();
+    stop::register(pid);
+    let out = child.stdout.take().map(|mut o| {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut o, &mut s);
+        s
+    });
+    let status = child.wait();
+    stop::unregister(pid);
+    stop::park_if_stopping();
+    let status = status.with_context(|| format!("waiting for {}", bin.display()))?;
+    Ok((status, out.unwrap_or_default()))
+}
+
+/// Runs a product binary with its output shown, failing on a non-zero exit.
+fn run_cli(bin: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+    let (status, _) = spawn_wait(bin, args, env, false)?;
     if !status.success() {
         bail!(
             "`{} {}` exited with {status}",
-            bin.file_name().unwrap_or_default().to_string_lossy(),
+            bin_name(bin),
             args.join(" ")
         );
     }
     Ok(())
+}
+
+/// Runs a product binary and returns its standard output, failing on a non-zero exit.
+fn run_cli_output(bin: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<String> {
+    let (status, out) = spawn_wait(bin, args, env, true)?;
+    if !status.success() {
+        bail!(
+            "`{} {}` exited with {status}",
+            bin_name(bin),
+            args.join(" ")
+        );
+    }
+    Ok(out)
 }
 
 /// Every CSV file under `dir`, as (path, key relative to `dir`).
@@ -88,13 +255,22 @@ fn files_under(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
-/// A child process killed when dropped (the server the demo starts).
+/// A long-running child (a server, the forwarder): registered for Ctrl-C, killed when
+/// dropped.
 struct Killed(Child);
+
+impl Killed {
+    fn new(child: Child) -> Killed {
+        stop::register(child.id());
+        Killed(child)
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        stop::unregister(self.0.id());
     }
 }
 
@@ -146,9 +322,147 @@ fn env_num(name: &str, default: u64) -> anyhow::Result<u64> {
     }
 }
 
+/// What a re-run must leave as it found it (or move by exactly one).
+#[derive(Debug, Clone)]
+struct Snapshot {
+    tables: BTreeMap<&'static str, u64>,
+    model_versions: usize,
+    releases: usize,
+    running_instances: usize,
+}
+
+const COUNTED_TABLES: [&str; 6] = [
+    "customer_activity",
+    "customer_profiles",
+    "labels",
+    "sales",
+    "monthly_sales",
+    "feature_store",
+];
+
+/// Every key under `prefix` in `bucket`.
+async fn keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.with_context(|| format!("listing s3://{bucket}/{prefix}"))?;
+        out.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(String::from)),
+        );
+    }
+    Ok(out)
+}
+
+async fn get_text(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Result<String> {
+    let o = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .with_context(|| format!("reading s3://{bucket}/{key}"))?;
+    let b = o.body.collect().await?.into_bytes();
+    Ok(String::from_utf8_lossy(&b).into_owned())
+}
+
+async fn snapshot(
+    pg: &harness::PgCluster,
+    s3: &aws_sdk_s3::Client,
+    ec2: &aws_sdk_ec2::Client,
+    artifacts_bucket: &str,
+) -> anyhow::Result<Snapshot> {
+    let mut tables = BTreeMap::new();
+    for t in COUNTED_TABLES {
+        let n = pg.psql("ml", &format!("SELECT count(*) FROM {t}"))?;
+        tables.insert(
+            t,
+            n.trim()
+                .parse()
+                .with_context(|| format!("count of {t}: {n:?}"))?,
+        );
+    }
+    let manifests = |keys: Vec<String>| {
+        keys.iter()
+            .filter(|k| k.ends_with("/manifest.json"))
+            .count()
+    };
+    let model_versions = manifests(keys(s3, BUCKET, "models/").await?);
+    let releases = manifests(keys(s3, artifacts_bucket, "releases/").await?);
+    let described = ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .context("DescribeInstances")?;
+    let running_instances = described
+        .reservations()
+        .iter()
+        .map(|r| r.instances().len())
+        .sum();
+    Ok(Snapshot {
+        tables,
+        model_versions,
+        releases,
+        running_instances,
+    })
+}
+
+/// Both snapshots side by side, and what is wrong with the second, if anything.
+fn compare(before: &Snapshot, after: &Snapshot) -> (String, Vec<String>) {
+    let mut table = format!(
+        "  {:<28} {:>10} {:>10}  {}\n",
+        "", "first run", "re-run", "expected"
+    );
+    let mut wrong = Vec::new();
+    let mut row = |name: &str, a: u64, b: u64, want: u64, how: &str| {
+        let mark = if b == want { "ok" } else { "WRONG" };
+        table.push_str(&format!("  {name:<28} {a:>10} {b:>10}  {how} ({mark})\n"));
+        if b != want {
+            wrong.push(format!("{name} {a} -> {b}, expected {want}"));
+        }
+    };
+    for (t, a) in &before.tables {
+        let b = after.tables.get(t).copied().unwrap_or(0);
+        row(&format!("rows in {t}"), *a, b, *a, "equal");
+    }
+    let (a, b) = (before.model_versions as u64, after.model_versions as u64);
+    row("model versions (models/)", a, b, a + 1, "+1");
+    let (a, b) = (before.releases as u64, after.releases as u64);
+    row("releases (releases/)", a, b, a + 1, "+1");
+    let (a, b) = (
+        before.running_instances as u64,
+        after.running_instances as u64,
+    );
+    row("EC2 instances running", a, b, a, "equal");
+    (table, wrong)
+}
+
+/// `metrics.<part>.<key>` of an artifact's manifest, as a number.
+fn metric(manifest: &serde_json::Value, part: &str, key: &str) -> f64 {
+    manifest["metrics"][part][key].as_f64().unwrap_or(f64::NAN)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    match run().await {
+    if let Err(e) = stop::install() {
+        eprintln!("error: installing the Ctrl-C handler: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let result = run().await;
+    stop::park_if_stopping();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -171,9 +485,15 @@ async fn run() -> anyhow::Result<()> {
     let pg = steps.run("start a private PostgreSQL cluster on loopback", || {
         Ok(harness::PgCluster::start()?)
     })?;
+    println!(
+        "PostgreSQL on 127.0.0.1:{}, data in {}",
+        pg.port(),
+        pg.base_dir().display()
+    );
     let moto = steps.run("start the AWS emulator on loopback", || {
         Ok(harness::Moto::start()?)
     })?;
+    println!("the AWS emulator on {}", moto.endpoint());
     pg.psql("postgres", "CREATE DATABASE ml")?;
 
     // Throwaway secrets for this run only, handed over through the environment.
@@ -202,6 +522,7 @@ async fn run() -> anyhow::Result<()> {
             .force_path_style(true)
             .build(),
     );
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
     s3.create_bucket().bucket(BUCKET).send().await?;
     match &given {
         None => steps.run(
@@ -253,21 +574,6 @@ async fn run() -> anyhow::Result<()> {
         let m = months.max(1) - 1;
         format!("{:04}-{:02}", 2020 + m / 12, m % 12 + 1)
     };
-    steps.run("pipeline load-customers", || {
-        run_cli(&pipeline, &["load-customers"], &env)
-    })?;
-    steps.run(&format!("pipeline catch-up (2020-01 to {until})"), || {
-        run_cli(&pipeline, &["catch-up", "--until", &until], &env)
-    })?;
-    steps.run("pipeline build-features", || {
-        run_cli(&pipeline, &["build-features"], &env)
-    })?;
-    steps.run("pipeline check", || run_cli(&pipeline, &["check"], &env))?;
-    steps.run("pipeline status", || run_cli(&pipeline, &["status"], &env))?;
-    steps.run("pipeline train (as ds_user), promote to latest", || {
-        run_cli(&pipeline, &["train"], &env)
-    })?;
-
     // The stack, as a user would run it: deploy.example.toml as it is, against the
     // emulator. The "instances" are real server processes on loopback, one per colour,
     // and a loopback forwarder stands in for the Elastic IP.
@@ -277,17 +583,41 @@ async fn run() -> anyhow::Result<()> {
     let cfg_text = std::fs::read_to_string(&config)?;
     let artifacts_bucket = toml_string(&cfg_text, "artifacts", "bucket")?;
     s3.create_bucket().bucket(&artifacts_bucket).send().await?;
-    let model_version = {
-        let o = s3
-            .get_object()
-            .bucket(BUCKET)
-            .key("models/latest")
-            .send()
-            .await?;
-        let b = o.body.collect().await?.into_bytes();
-        String::from_utf8_lossy(&b).trim().to_string()
-    };
     env.push(("DEPLOYER_CONFIG", config.display().to_string()));
+
+    let out_arg = out_dir.display().to_string();
+    // The data part of the job; the second pass runs it again, unchanged.
+    let data_steps = |steps: &mut Steps, pass: &str| -> anyhow::Result<()> {
+        steps.run(&format!("{pass}pipeline load-customers"), || {
+            run_cli(&pipeline, &["load-customers"], &env)
+        })?;
+        steps.run(
+            &format!("{pass}pipeline catch-up (2020-01 to {until})"),
+            || run_cli(&pipeline, &["catch-up", "--until", &until], &env),
+        )?;
+        steps.run(&format!("{pass}pipeline build-features"), || {
+            run_cli(&pipeline, &["build-features"], &env)
+        })?;
+        steps.run(&format!("{pass}pipeline check"), || {
+            run_cli(&pipeline, &["check"], &env)
+        })?;
+        steps.run(&format!("{pass}pipeline status"), || {
+            run_cli(&pipeline, &["status"], &env)
+        })?;
+        steps.run(&format!("{pass}pipeline report --out {out_arg}"), || {
+            run_cli(&pipeline, &["report", "--out", &out_arg], &env)
+        })?;
+        steps.run(
+            &format!("{pass}pipeline train (as ds_user), promote to latest"),
+            || run_cli(&pipeline, &["train"], &env),
+        )
+    };
+    data_steps(&mut steps, "")?;
+
+    let model_version = get_text(&s3, BUCKET, "models/latest")
+        .await?
+        .trim()
+        .to_string();
 
     steps.run("deployer init", || run_cli(&deployer, &["init"], &env))?;
     steps.run("deployer plan", || run_cli(&deployer, &["plan"], &env))?;
@@ -295,28 +625,30 @@ async fn run() -> anyhow::Result<()> {
         run_cli(&deployer, &["apply", "--auto-approve"], &env)
     })?;
     let server_path = server.display().to_string();
-    for r in ["r1", "r2"] {
-        steps.run(&format!("deployer publish --release {r}"), || {
+    let publish = |steps: &mut Steps, release: &str, model_version: &str| {
+        steps.run(&format!("deployer publish --release {release}"), || {
             run_cli(
                 &deployer,
                 &[
                     "publish",
                     "--release",
-                    r,
+                    release,
                     "--server-binary",
                     &server_path,
                     "--model-version",
-                    &model_version,
+                    model_version,
                 ],
                 &env,
             )
-        })?;
+        })
+    };
+    for r in ["r1", "r2"] {
+        publish(&mut steps, r, &model_version)?;
     }
 
     // Stand-ins for the two colours' instances: each serves the published model and
     // reports its release, as the boot script would make it do.
-    let start_server = |release: &str| -> anyhow::Result<(Killed, u16)> {
-        let port = harness::free_port();
+    let start_server = |release: &str, port: u16| -> anyhow::Result<Killed> {
         let child = Command::new(&server)
             .args(["--model", &models, "--listen", &format!("127.0.0.1:{port}")])
             .args(["--release", release])
@@ -330,14 +662,16 @@ async fn run() -> anyhow::Result<()> {
             )
             .spawn()
             .context("starting the server")?;
-        Ok((Killed(child), port))
+        Ok(Killed::new(child))
     };
-    let (_blue, blue_port) = start_server("r1")?;
-    let (_green, green_port) = start_server("r2")?;
+    let (blue_port, green_port) = (harness::free_port(), harness::free_port());
+    let mut stand_ins: BTreeMap<&str, (u16, Killed)> = BTreeMap::new();
+    stand_ins.insert("blue", (blue_port, start_server("r1", blue_port)?));
+    stand_ins.insert("green", (green_port, start_server("r2", green_port)?));
     let fixed_port = harness::free_port();
     let endpoints =
         format!("blue=http://127.0.0.1:{blue_port},green=http://127.0.0.1:{green_port}");
-    let _forwarder = Killed(
+    let _forwarder = Killed::new(
         Command::new(&deployer)
             .args(["forward", "--listen", &format!("127.0.0.1:{fixed_port}")])
             .args(["--endpoint", &format!("blue=http://127.0.0.1:{blue_port}")])
@@ -379,6 +713,20 @@ async fn run() -> anyhow::Result<()> {
             &deploy_env,
         )
     };
+    let served_by = |release: &str| -> anyhow::Result<String> {
+        let start = Instant::now();
+        let want = format!("\"{release}\"");
+        loop {
+            let (_, v) = http(fixed_port, "GET", "/version", "")?;
+            if v.contains(&want) {
+                return predict(fixed_port);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("the fixed endpoint still serves {v} 30 s after the deploy");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     steps.run("deployer deploy --release r1 (blue/green)", || deploy("r1"))?;
     let answer = steps.run(
         &format!("a live prediction through the fixed endpoint 127.0.0.1:{fixed_port}"),
@@ -387,41 +735,128 @@ async fn run() -> anyhow::Result<()> {
     steps.run("deployer deploy --release r2 over r1 (blue/green)", || {
         deploy("r2")
     })?;
-    let second = steps.run("the same prediction, now served by r2", || {
-        let start = Instant::now();
-        loop {
-            let (_, v) = http(fixed_port, "GET", "/version", "")?;
-            if v.contains("\"r2\"") {
-                return predict(fixed_port);
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("the fixed endpoint still serves {v} 30 s after the deploy");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    })?;
+    let second = steps.run("the same prediction, now served by r2", || served_by("r2"))?;
     steps.run("deployer status", || {
         run_cli(&deployer, &["status"], &deploy_env)
     })?;
+
+    // The second pass: the same job again over the same services, as a user re-running
+    // it would. It may add one model version and one release, nothing else.
+    let before = snapshot(&pg, &s3, &ec2, &artifacts_bucket).await?;
+    println!("\n==> second pass: the same job again, against the same services");
+    data_steps(&mut steps, "re-run: ")?;
+    steps.run("re-run: deployer plan (no change expected)", || {
+        let (status, _) = spawn_wait(&deployer, &["plan", "--detailed-exitcode"], &env, false)?;
+        match status.code() {
+            Some(0) => Ok(()),
+            Some(2) => {
+                bail!("`deployer plan` wants changes after an apply: the stack did not converge")
+            }
+            _ => bail!("`deployer plan --detailed-exitcode` exited with {status}"),
+        }
+    })?;
+    steps.run("re-run: deployer apply (no change expected)", || {
+        run_cli(&deployer, &["apply", "--auto-approve"], &env)
+    })?;
+    let model_version3 = get_text(&s3, BUCKET, "models/latest")
+        .await?
+        .trim()
+        .to_string();
+    publish(&mut steps, "r3", &model_version3)?;
+    // r3 goes to the colour that does not hold the Elastic IP. A fresh instance would
+    // boot as r3: restart that colour's stand-in as r3, on the same port.
+    let status_json = run_cli_output(&deployer, &["status", "--json"], &deploy_env)?;
+    let status: serde_json::Value =
+        serde_json::from_str(&status_json).context("reading `deployer status --json`")?;
+    let idle = match status["active"].as_str() {
+        Some("blue") => "green",
+        Some("green") => "blue",
+        other => bail!("`deployer status` names no active colour ({other:?}) after two deploys"),
+    };
+    steps.run(
+        &format!("re-run: restart the {idle} stand-in as release r3"),
+        || {
+            let (port, old) = stand_ins
+                .remove(idle)
+                .with_context(|| format!("no {idle} stand-in"))?;
+            drop(old);
+            let new = start_server("r3", port)?;
+            stand_ins.insert(idle, (port, new));
+            Ok(())
+        },
+    )?;
+    steps.run(
+        &format!("re-run: deployer deploy --release r3 ({idle}, blue/green)"),
+        || deploy("r3"),
+    )?;
+    let third = steps.run("the same prediction, now served by r3", || served_by("r3"))?;
     steps.run("deployer history", || {
         run_cli(&deployer, &["history"], &env)
     })?;
-    let port = fixed_port;
+    let after = snapshot(&pg, &s3, &ec2, &artifacts_bucket).await?;
+
+    // The promoted model's picture and metrics, from its artifact.
+    let latest = get_text(&s3, BUCKET, "models/latest")
+        .await?
+        .trim()
+        .to_string();
+    let evaluation = out_dir.join("evaluation.svg");
+    let svg = get_text(&s3, BUCKET, &format!("models/{latest}/evaluation.svg")).await?;
+    std::fs::write(&evaluation, svg)
+        .with_context(|| format!("writing {}", evaluation.display()))?;
+    let manifest: serde_json::Value = serde_json::from_str(
+        &get_text(&s3, BUCKET, &format!("models/{latest}/manifest.json")).await?,
+    )
+    .context("reading the artifact's manifest.json")?;
 
     println!("\nsummary");
     for (name, secs) in &steps.0 {
         println!("  {secs:>7.2} s  {name}");
     }
+    println!(
+        "\nmodel {latest} ({}), test split:",
+        manifest["metrics"]["chosen"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  ROC AUC {:.4}   PR AUC {:.4}   F1 {:.3} at threshold {:.3}",
+        metric(&manifest, "test", "roc_auc"),
+        metric(&manifest, "test", "pr_auc"),
+        metric(&manifest, "test", "f1"),
+        metric(&manifest, "test", "threshold"),
+    );
+    println!(
+        "  baseline (majority class): ROC AUC {:.4}   PR AUC {:.4}   F1 {:.3}",
+        metric(&manifest, "baseline_majority_class", "roc_auc"),
+        metric(&manifest, "baseline_majority_class", "pr_auc"),
+        metric(&manifest, "baseline_majority_class", "f1"),
+    );
+    println!("\npictures:");
+    for name in ["evaluation.svg", "monthly_sales.svg", "pipeline_runs.svg"] {
+        println!("  {}", out_dir.join(name).display());
+    }
     println!("\nrequest:  {EXAMPLE}");
     println!("answer:   {}   (release r1)", answer.trim());
     println!("answer:   {}   (release r2)", second.trim());
     println!(
-        "\nexample, through the fixed endpoint (it stops with the demo):\n  curl -s -X POST http://127.0.0.1:{port}/predict -d '{EXAMPLE}'"
+        "answer:   {}   (release r3, after the re-run)",
+        third.trim()
     );
     println!(
-        "\nPostgreSQL on 127.0.0.1:{}, the AWS emulator on {}, the servers and the forwarder stop now.",
+        "\nexample, through the fixed endpoint (it stops with the demo):\n  curl -s -X POST http://127.0.0.1:{fixed_port}/predict -d '{EXAMPLE}'"
+    );
+
+    let (table, wrong) = compare(&before, &after);
+    println!("\nthe re-run, counted (before and after the second pass):\n{table}");
+    println!(
+        "PostgreSQL on 127.0.0.1:{}, the AWS emulator on {}, the servers and the forwarder stop now.",
         pg.port(),
         moto.endpoint()
+    );
+    if !wrong.is_empty() {
+        bail!("idempotence: FAILED: {}", wrong.join("; "));
+    }
+    println!(
+        "idempotence: OK (rows equal, model versions +1, releases +1, running instances equal)"
     );
     Ok(())
 }
