@@ -96,6 +96,20 @@ mod stop {
         }
     }
 
+    /// A child ended by SIGINT or SIGTERM most likely got the same Ctrl-C as the demo
+    /// (the terminal signals the whole foreground group): give the signal thread a
+    /// moment to take over before calling it a failure.
+    pub fn settle(status: &std::process::ExitStatus) {
+        use std::os::unix::process::ExitStatusExt as _;
+        if matches!(status.signal(), Some(2 | 15)) {
+            let start = Instant::now();
+            while !STOPPING.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        park_if_stopping();
+    }
+
     fn signal_all(signal: &str, pids: &[u32]) {
         if pids.is_empty() {
             return;
@@ -202,7 +216,9 @@ fn spawn_wait(
     });
     let status = child.wait();
     stop::unregister(pid);
-    stop::park_if_stopping();
+    if let Ok(s) = &status {
+        stop::settle(s);
+    }
     let status = status.with_context(|| format!("waiting for {}", bin.display()))?;
     Ok((status, out.unwrap_or_default()))
 }
