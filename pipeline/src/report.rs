@@ -146,13 +146,14 @@ const PALETTE: [&str; 10] = [
     "#bcbd22", "#17becf",
 ];
 
-/// The smallest 1, 2 or 5 × 10^k not below `v` (the y axis' top).
+/// The smallest round number (1, 1.2, 1.6, 2, 2.4, 3, 4, 6, 8 × 10^k: a quarter of
+/// each is round too) not below `v`: the y axis' top.
 fn nice_ceiling(v: f64) -> f64 {
     if !(v.is_finite() && v > 0.0) {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 1.2, 1.6, 2.0, 2.4, 3.0, 4.0, 6.0, 8.0, 10.0]
         .into_iter()
         .map(|m| m * p)
         .find(|c| *c >= v * (1.0 - 1e-12))
@@ -171,6 +172,8 @@ fn short_number(v: f64) -> String {
     } else {
         (v, "")
     };
+    // Six decimals are plenty, and hide 0.1 + 0.2-style noise.
+    let x = (x * 1e6).round() / 1e6;
     if x == x.trunc() {
         format!("{x}{unit}")
     } else {
@@ -243,7 +246,9 @@ pub fn monthly_sales_svg(points: &[SalesPoint]) -> String {
             top + plot_h,
             top + plot_h + 4.0
         );
-        if i % step == 0 || i + 1 == months.len() {
+        // The last month always; a regular one only if it leaves room before the last.
+        let last = i + 1 == months.len();
+        if last || (i % step == 0 && months.len() - 1 - i >= step) {
             let _ = write!(
                 out,
                 r##"<text class="month" x="{x:.1}" y="{}" text-anchor="middle" font-size="11">{}</text>"##,
@@ -340,7 +345,7 @@ pub fn runs_svg(cells: &[Cell]) -> String {
         .map(|c| c.job.as_str())
         .filter(|j| !monthly_jobs.contains(j))
         .collect();
-    let jobs: Vec<&str> = monthly_jobs.into_iter().chain(other_jobs).collect();
+    let jobs: Vec<&str> = monthly_jobs.iter().copied().chain(other_jobs).collect();
     let months: BTreeSet<&str> = cells
         .iter()
         .filter(|c| is_month(&c.period))
@@ -386,6 +391,11 @@ pub fn runs_svg(cells: &[Cell]) -> String {
         for (j, job) in jobs.iter().enumerate() {
             let x = left + cw * j as f64;
             let Some(c) = by_key.get(&(*period, *job)) else {
+                // A gap only where the job runs for such periods (a month without a
+                // load-sales run); a monthly job has no `all` cell and vice versa.
+                if monthly_jobs.contains(job) != is_month(period) {
+                    continue;
+                }
                 let _ = write!(
                     out,
                     r##"<rect x="{x:.1}" y="{y:.1}" width="{cw}" height="{ch}" fill="#f4f4f4" stroke="white"/>"##
@@ -450,7 +460,7 @@ pub fn runs_svg(cells: &[Cell]) -> String {
     }
     let _ = write!(
         out,
-        r##"<text x="{left}" y="{}" font-size="11" fill="#666">cell text: duration of the latest attempt (× attempts when retried); hover for rows and errors</text>"##,
+        r##"<text x="{left}" y="{}" font-size="11" fill="#666">cell text: duration of the latest attempt, ×N when N attempts are recorded; hover for rows and errors</text>"##,
         height - 14.0
     );
     out.push_str("</svg>\n");
@@ -605,9 +615,10 @@ mod tests {
     #[test]
     fn nice_numbers() {
         assert_eq!(nice_ceiling(0.0), 1.0);
-        assert_eq!(nice_ceiling(7.0), 10.0);
-        assert_eq!(nice_ceiling(120.0), 200.0);
-        assert_eq!(nice_ceiling(500.0), 500.0);
+        assert_eq!(nice_ceiling(7.0), 8.0);
+        assert_eq!(nice_ceiling(550.0), 600.0);
+        assert_eq!(nice_ceiling(120.0), 120.0);
+        assert_eq!(nice_ceiling(900.0), 1000.0);
         assert_eq!(short_number(12_500.0), "12.5k");
         assert_eq!(short_number(3_000_000.0), "3M");
     }
