@@ -45,6 +45,13 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ParseError {
 
 /// The single form: `{"idx": 150000, "features": {...}}`.
 pub fn parse_predict(body: &[u8]) -> Result<PredictRequest, ParseError> {
+    match fast::predict(body) {
+        Some(r) => Ok(r),
+        None => thorough_predict(body),
+    }
+}
+
+fn thorough_predict(body: &[u8]) -> Result<PredictRequest, ParseError> {
     let raw = syntax(body)?;
     instance(raw, "")
 }
@@ -52,6 +59,13 @@ pub fn parse_predict(body: &[u8]) -> Result<PredictRequest, ParseError> {
 /// The batch form: `{"instances": [{"idx": ..., "features": {...}}, ...]}` with 1 to
 /// `max` instances.
 pub fn parse_batch(body: &[u8], max: usize) -> Result<Vec<PredictRequest>, ParseError> {
+    match fast::batch(body, max) {
+        Some(r) => Ok(r),
+        None => thorough_batch(body, max),
+    }
+}
+
+fn thorough_batch(body: &[u8], max: usize) -> Result<Vec<PredictRequest>, ParseError> {
     let raw = syntax(body)?;
     let [instances] = fields(raw, "", ["instances"])?;
     let items: Vec<&RawValue> = serde_json::from_str(instances.get()).map_err(|_| {
@@ -240,6 +254,192 @@ fn string(raw: &RawValue) -> Result<String, String> {
     serde_json::from_str::<String>(raw.get()).map_err(|e| e.to_string())
 }
 
+/// One pass over a well-formed request, for the common case.
+///
+/// The thorough path above reads a body three times (a syntax check of the whole
+/// document, then each object's members as raw values) so that every error is
+/// classified and names its field. A valid request needs none of that: this path
+/// walks the document once, checking the same things with the same scalar checks
+/// (`integer`, `number`, `string` on the same raw text), and gives up (`None`) at the
+/// first thing it does not like (malformed JSON, an unknown, duplicate or missing
+/// field, a mistyped value, too many instances). The caller then runs the thorough
+/// path, which finds and names the error exactly as before. So errors are unchanged,
+/// and a value this path returns is the one the thorough path would return (tested
+/// below, also on arbitrary input).
+mod fast {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    use super::{Key, PredictRequest, integer, number, string};
+    use model::Features;
+
+    pub(super) fn predict(body: &[u8]) -> Option<PredictRequest> {
+        let text = std::str::from_utf8(body).ok()?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let r = Instance.deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        Some(r)
+    }
+
+    pub(super) fn batch(body: &[u8], max: usize) -> Option<Vec<PredictRequest>> {
+        let text = std::str::from_utf8(body).ok()?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let r = Batch { max }.deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        Some(r)
+    }
+
+    /// The error only says "not the easy case"; it is never shown.
+    fn no<E: Error>() -> E {
+        E::custom("")
+    }
+
+    fn raw<'de, A: MapAccess<'de>>(map: &mut A) -> Result<&'de RawValue, A::Error> {
+        map.next_value::<&'de RawValue>()
+    }
+
+    struct Instance;
+
+    impl<'de> DeserializeSeed<'de> for Instance {
+        type Value = PredictRequest;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<PredictRequest, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Instance {
+        type Value = PredictRequest;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an instance")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PredictRequest, A::Error> {
+            let mut idx = None;
+            let mut features = None;
+            while let Some(k) = map.next_key::<Key<'de>>()? {
+                match &*k.0 {
+                    "idx" if idx.is_none() => {
+                        idx = Some(integer(raw(&mut map)?).map_err(|_| no::<A::Error>())?)
+                    }
+                    "features" if features.is_none() => {
+                        features = Some(map.next_value_seed(FeaturesSeed)?)
+                    }
+                    _ => return Err(no()),
+                }
+            }
+            match (idx, features) {
+                (Some(idx), Some(features)) => Ok(PredictRequest { idx, features }),
+                _ => Err(no()),
+            }
+        }
+    }
+
+    struct FeaturesSeed;
+
+    impl<'de> DeserializeSeed<'de> for FeaturesSeed {
+        type Value = Features;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Features, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for FeaturesSeed {
+        type Value = Features;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("the features")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Features, A::Error> {
+            let (mut attr_a, mut attr_b, mut scd_a, mut scd_b) = (None, None, None, None);
+            while let Some(k) = map.next_key::<Key<'de>>()? {
+                match &*k.0 {
+                    "attr_a" if attr_a.is_none() => {
+                        attr_a = Some(integer(raw(&mut map)?).map_err(|_| no::<A::Error>())?)
+                    }
+                    "attr_b" if attr_b.is_none() => {
+                        attr_b = Some(string(raw(&mut map)?).map_err(|_| no::<A::Error>())?)
+                    }
+                    "scd_a" if scd_a.is_none() => {
+                        scd_a = Some(number(raw(&mut map)?).map_err(|_| no::<A::Error>())?)
+                    }
+                    "scd_b" if scd_b.is_none() => {
+                        scd_b = Some(integer(raw(&mut map)?).map_err(|_| no::<A::Error>())?)
+                    }
+                    _ => return Err(no()),
+                }
+            }
+            match (attr_a, attr_b, scd_a, scd_b) {
+                (Some(attr_a), Some(attr_b), Some(scd_a), Some(scd_b)) => Ok(Features {
+                    attr_a,
+                    attr_b,
+                    scd_a,
+                    scd_b,
+                }),
+                _ => Err(no()),
+            }
+        }
+    }
+
+    struct Batch {
+        max: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Batch {
+        type Value = Vec<PredictRequest>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Batch {
+        type Value = Vec<PredictRequest>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a batch")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = None;
+            while let Some(k) = map.next_key::<Key<'de>>()? {
+                match &*k.0 {
+                    "instances" if out.is_none() => {
+                        out = Some(map.next_value_seed(Instances { max: self.max })?)
+                    }
+                    _ => return Err(no()),
+                }
+            }
+            out.ok_or_else(no)
+        }
+    }
+
+    struct Instances {
+        max: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Instances {
+        type Value = Vec<PredictRequest>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Instances {
+        type Value = Vec<PredictRequest>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("instances")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+            while let Some(r) = seq.next_element_seed(Instance)? {
+                if out.len() == self.max {
+                    return Err(no());
+                }
+                out.push(r);
+            }
+            if out.is_empty() {
+                return Err(no());
+            }
+            Ok(out)
+        }
+    }
+}
+
 /// The answer to `POST /predict`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PredictResponse {
@@ -249,6 +449,15 @@ pub struct PredictResponse {
     /// P(label = 1).
     pub probability: f64,
     pub model_version: String,
+}
+
+/// [`PredictResponse`] borrowing the model version: what the handler serialises.
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictResponseRef<'a> {
+    pub idx: i64,
+    pub label: u8,
+    pub probability: f64,
+    pub model_version: &'a str,
 }
 
 /// One prediction of a batch.
@@ -396,5 +605,83 @@ mod tests {
             Err(ParseError::Invalid { field, .. }) if field == "instances"
         ));
         assert!(parse_batch(br#"{"instances": []}"#, 10).is_err());
+    }
+
+    /// The one-pass path never accepts what the thorough path refuses, and returns the
+    /// same value when it accepts.
+    fn agree(body: &[u8]) {
+        if let Some(r) = fast::predict(body) {
+            assert_eq!(
+                Ok(r),
+                thorough_predict(body),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for max in [1, 2, 10] {
+            if let Some(r) = fast::batch(body, max) {
+                assert_eq!(
+                    Ok(r),
+                    thorough_batch(body, max),
+                    "{:?}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_thorough_one() {
+        let ok = r#""attr_a": 1, "attr_b": "c", "scd_a": 0.55, "scd_b": 3"#;
+        let cases = [
+            format!(r#"{{"idx": 150000, "features": {{{ok}}}}}"#),
+            format!(r#" {{ "features" : {{{ok}}} , "idx" : -3 }} "#),
+            format!(r#"{{"id\u0078": 1, "features": {{{ok}}}}}"#),
+            r#"{"idx": 1, "features": {"scd_b": 3, "scd_a": -1e-3, "attr_b": "\u00e9\n", "attr_a": 0}}"#.into(),
+            format!(r#"{{"idx": 1, "features": {{{ok}}}}} x"#),
+            format!(r#"{{"idx": 1, "idx": 1, "features": {{{ok}}}}}"#),
+            format!(r#"{{"idx": 1.0, "features": {{{ok}}}}}"#),
+            format!(r#"{{"idx": 1, "features": {{{ok}, "attr_a": 1}}}}"#),
+            r#"{"idx": 1, "features": {"attr_a": 1, "attr_b": "c", "scd_a": 1e999, "scd_b": 3}}"#.into(),
+            format!(r#"{{"instances": [{{"idx": 1, "features": {{{ok}}}}}]}}"#),
+            format!(r#"{{"instances": [{{"idx": 1, "features": {{{ok}}}}}, {{"idx": 2, "features": {{{ok}}}}}]}}"#),
+            r#"{"instances": []}"#.into(),
+            r#"{"instances": {}}"#.into(),
+        ];
+        for c in &cases {
+            agree(c.as_bytes());
+        }
+        assert!(fast::predict(cases[0].as_bytes()).is_some());
+        assert!(fast::predict(cases[1].as_bytes()).is_some());
+        assert!(fast::predict(cases[3].as_bytes()).is_some());
+        assert!(fast::batch(cases[10].as_bytes(), 2).is_some());
+        assert!(fast::batch(cases[10].as_bytes(), 1).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_path_agrees_on_arbitrary_input(
+            idx in proptest::sample::select(vec!["1", "-7", "1.5", "1e3", "\"1\"", "null", "99999999999999999999"]),
+            a in proptest::sample::select(vec!["0", "2", "1.0", "[]", "true"]),
+            b in proptest::sample::select(vec!["\"c\"", "\"\\u0041\"", "3", "{}"]),
+            sa in proptest::sample::select(vec!["0.55", "-3", "1e999", "1E2", "\"x\"", "-0"]),
+            sb in proptest::sample::select(vec!["3", "3.0", "-1", "18446744073709551616"]),
+            extra in proptest::sample::select(vec!["", ", \"attr_a\": 1", ", \"x\": 1"]),
+            top in proptest::sample::select(vec!["", ", \"idx\": 2", ", \"y\": {}"]),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..4),
+            cut in proptest::num::usize::ANY,
+        ) {
+            let one = format!(
+                r#"{{"idx": {idx}{top}, "features": {{"attr_a": {a}, "attr_b": {b}, "scd_a": {sa}, "scd_b": {sb}{extra}}}}}"#
+            );
+            let batch = format!(r#"{{"instances": [{one}, {one}]}}"#);
+            for body in [one.into_bytes(), batch.into_bytes()] {
+                agree(&body);
+                let mut cut_body = body[..cut % (body.len() + 1)].to_vec();
+                agree(&cut_body);
+                cut_body.extend_from_slice(&noise);
+                agree(&cut_body);
+            }
+        }
     }
 }
