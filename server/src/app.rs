@@ -30,7 +30,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::api::{self, ParseError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteSeries};
 use crate::predlog::{PredLog, Record};
 use crate::source::Fetcher;
 
@@ -68,6 +68,8 @@ pub struct AppState {
     last_error: std::sync::Mutex<Option<String>>,
     reload_lock: tokio::sync::Mutex<()>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Each route's metric series (index as in `ROUTES`, then `unmatched`).
+    route_series: [RouteSeries; ROUTES.len() + 1],
 }
 
 /// The result of a successful reload.
@@ -93,6 +95,7 @@ impl AppState {
             last_error: std::sync::Mutex::new(Some("loading the model".into())),
             reload_lock: tokio::sync::Mutex::new(()),
             shutting_down: Default::default(),
+            route_series: Default::default(),
         }
     }
 
@@ -220,29 +223,33 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let start = Instant::now();
-    let method = req.method().clone();
-    let (route, resp) = route(&state, req, start).await;
-    state.metrics.observe_request(
-        route,
-        method_label(&method),
+    let method = method_label(req.method());
+    let (i, resp) = route(&state, req, start).await;
+    let name = ROUTES.get(i).map_or("unmatched", |r| r.0);
+    state.metrics.observe_route(
+        &state.route_series[i],
+        name,
+        method,
         resp.status().as_u16(),
         start.elapsed().as_secs_f64(),
     );
     resp
 }
 
-async fn route<B>(state: &AppState, req: Request<B>, start: Instant) -> (&'static str, Resp)
+/// Answers; returns the route's index in `ROUTES` (`ROUTES.len()`: unmatched).
+async fn route<B>(state: &AppState, req: Request<B>, start: Instant) -> (usize, Resp)
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let path = req.uri().path();
-    let Some(&(route, methods)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+    let Some(i) = ROUTES.iter().position(|(p, _)| *p == path) else {
         return (
-            "unmatched",
+            ROUTES.len(),
             error(StatusCode::NOT_FOUND, format!("no route {path}")),
         );
     };
+    let (route, methods) = ROUTES[i];
     if !methods.contains(req.method()) {
         let allow = methods
             .iter()
@@ -256,7 +263,7 @@ where
         if let Ok(v) = HeaderValue::from_str(&allow) {
             r.headers_mut().insert(header::ALLOW, v);
         }
-        return (route, r);
+        return (i, r);
     }
     let resp = match route {
         "/predict" => match body(state, req).await {
@@ -307,7 +314,7 @@ where
         "/admin/reload" => admin_reload(state, req).await,
         _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
     };
-    (route, resp)
+    (i, resp)
 }
 
 /// The OpenAPI document.
@@ -390,11 +397,7 @@ fn record(
     p: model::Prediction,
     start: Instant,
 ) {
-    state
-        .metrics
-        .predictions
-        .get_or_create(&crate::metrics::LabelLabels { label: p.label })
-        .inc();
+    state.metrics.count_prediction(p.label);
     if let Some(log) = &state.predlog {
         log.log(Record {
             ts: SystemTime::now(),
@@ -421,11 +424,11 @@ fn predict(state: &AppState, body: &[u8], start: Instant) -> Resp {
         Ok(p) => p,
         Err(e) => return parse_error(e),
     };
-    let out = api::PredictResponse {
+    let out = api::PredictResponseRef {
         idx: req.idx,
         label: p.label,
         probability: p.probability,
-        model_version: m.version.to_string(),
+        model_version: &m.version,
     };
     record(state, m, req, p, start);
     json_response(StatusCode::OK, &out)

@@ -14,7 +14,7 @@
 //! `route` is the matched route (`/predict`, ...) or `unmatched`, never the raw path,
 //! so a scan of random URLs cannot blow up the label set.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +70,18 @@ pub struct Metrics {
     pub log_dropped: Family<SinkLabels, Counter>,
     /// Serialises model_info updates (clear + set must not interleave).
     info_lock: Mutex<()>,
+    /// `predictions_total{label}` for labels 0 and 1, looked up once.
+    by_label: [OnceLock<Counter>; 2],
+}
+
+/// One route's hot series, looked up in the families on first use and kept (they
+/// share their values with the registered series), so the request path neither hashes
+/// labels nor takes the family's lock: the latency histogram, and the request counter
+/// for the route's method and status 200. Other statuses go through the family.
+#[derive(Debug, Default)]
+pub struct RouteSeries {
+    latency: OnceLock<Histogram>,
+    ok: OnceLock<(&'static str, Counter)>,
 }
 
 impl Default for Metrics {
@@ -142,6 +154,7 @@ impl Metrics {
             log_written,
             log_dropped,
             info_lock: Mutex::new(()),
+            by_label: Default::default(),
         }
     }
 
@@ -173,6 +186,56 @@ impl Metrics {
         self.latency
             .get_or_create(&RouteLabels { route })
             .observe(secs);
+    }
+
+    /// [`Metrics::observe_request`] with the route's series kept in `cache` (one per
+    /// route, always used with the same route).
+    pub fn observe_route(
+        &self,
+        cache: &RouteSeries,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        secs: f64,
+    ) {
+        let counted = status == 200 && {
+            let (m, c) = cache.ok.get_or_init(|| {
+                let l = RequestLabels {
+                    route,
+                    method,
+                    status,
+                };
+                (method, self.requests.get_or_create(&l).clone())
+            });
+            *m == method && {
+                c.inc();
+                true
+            }
+        };
+        if !counted {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route,
+                    method,
+                    status,
+                })
+                .inc();
+        }
+        cache
+            .latency
+            .get_or_init(|| self.latency.get_or_create(&RouteLabels { route }).clone())
+            .observe(secs);
+    }
+
+    /// Counts one scored instance under its predicted label.
+    pub fn count_prediction(&self, label: u8) {
+        let l = LabelLabels { label };
+        match self.by_label.get(usize::from(label)) {
+            Some(c) => c
+                .get_or_init(|| self.predictions.get_or_create(&l).clone())
+                .inc(),
+            None => self.predictions.get_or_create(&l).inc(),
+        };
     }
 
     /// The (written, dropped) counters of one prediction sink; they share their values
