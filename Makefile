@@ -8,7 +8,7 @@ CARGO ?= cargo
 ## make demo: run the main job end to end on this machine, against local services.
 demo: tools
 	@echo "==> building the binaries (first build takes several minutes)"
-	$(CARGO) build --bins -p pipeline -p harness
+	$(CARGO) build --bins -p pipeline -p server -p deployer -p harness
 	@echo "==> running the demo"
 	$(CARGO) run -q -p harness --bin demo -- $(DEMO_ARGS)
 
