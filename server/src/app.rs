@@ -311,7 +311,9 @@ where
             );
             r
         }
-        "/admin/reload" => admin_reload(state, req).await,
+        // Boxed: a reload's future (an S3 fetch) is ~12 KB, and every request's future
+        // would otherwise be that large, created and moved (memcpy) per request.
+        "/admin/reload" => Box::pin(admin_reload(state, req)).await,
         _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
     };
     (i, resp)
