@@ -256,7 +256,14 @@ fn not_ready_without_a_model_then_ready_after_reload() {
         &[],
         &[("SERVER_ADMIN_TOKEN", token.clone())],
     );
-    let r = s.wait_ready(503);
+    // The first load runs beside the listener: until it has failed, the reason is
+    // "loading the model" (a race this test lost under load).
+    let mut r = s.wait_ready(503);
+    let start = std::time::Instant::now();
+    while r.json()["reason"] == "loading the model" && start.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r = s.wait_ready(503);
+    }
     assert_eq!(r.json()["status"], "not_ready");
     assert!(
         r.json()["reason"].as_str().unwrap().contains("latest"),
