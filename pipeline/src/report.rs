@@ -110,8 +110,8 @@ pub async fn write(pool: &PgPool, dir: &Path) -> Result<Written, ReportError> {
     })
 }
 
-/// Text and attribute values, escaped.
-fn esc(s: &str) -> String {
+/// Text and attribute values, escaped for SVG (shared with the evaluation picture).
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

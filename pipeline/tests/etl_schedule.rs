@@ -6,24 +6,7 @@ mod etl_common;
 
 use std::process::{Command, Output};
 
-use etl_common::{Bucket, count, database};
-
-fn pipeline(db_url: &str, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .args(args)
-        .env("DATABASE_URL", db_url)
-        .env("RUST_LOG", "warn")
-        .envs(harness::moto().env())
-        .output()
-        .expect("running pipeline");
-    println!(
-        "$ pipeline {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use etl_common::{Bucket, count, database, pipeline};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

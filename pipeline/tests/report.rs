@@ -4,46 +4,9 @@
 
 mod etl_common;
 
-use std::process::{Command, Output};
-
-use etl_common::{Bucket, count, database};
+use etl_common::{Bucket, count, database, pipeline};
 use pipeline::report::{MONTHLY_SALES_FILE, NO_DATA, RUNS_FILE, status_colour};
 use pipeline::runs::Status;
-
-fn pipeline(db_url: &str, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .args(args)
-        .env("DATABASE_URL", db_url)
-        .env("RUST_LOG", "warn")
-        .envs(harness::moto().env())
-        .output()
-        .expect("running pipeline");
-    println!(
-        "$ pipeline {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A folder of its own under the system temp dir, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        TempDir(std::env::temp_dir().join(harness::unique("pipeline-report")))
-    }
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn read(dir: &std::path::Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
@@ -61,7 +24,7 @@ fn cell_fill(svg: &str, job: &str, period: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_database_gives_pictures_that_say_no_data() {
     let (db, _pool) = database().await;
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("temp dir");
     let out_dir = dir.path().join("pictures");
     let out = pipeline(
         &db.url(),
@@ -104,7 +67,7 @@ async fn pictures_of_a_catch_up_over_generated_months() {
     .await
     .expect("insert a failed run");
 
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().expect("temp dir");
     let out = pipeline(
         &url,
         &["report", "--out", &dir.path().display().to_string()],

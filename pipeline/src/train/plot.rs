@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::metrics::{self, Evaluation};
+use crate::report::esc;
 
 const PANEL: f64 = 300.0;
 const MARGIN: f64 = 45.0;
@@ -24,12 +25,6 @@ fn thin(points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
         out.push(*last);
     }
     out
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// One panel's frame: axes box, ticks at 0, 0.5, 1 (x and y in `[0, 1]` unless `ymax`),

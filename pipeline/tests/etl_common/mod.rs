@@ -2,6 +2,7 @@
 //! loader over them.
 #![allow(dead_code)]
 
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -148,4 +149,22 @@ pub async fn month_snapshot(pool: &PgPool, month: &str) -> (String, String) {
     .await
     .expect("monthly snapshot");
     (sales.unwrap_or_default(), monthly.unwrap_or_default())
+}
+
+/// Runs the `pipeline` binary against `db_url` and the emulator, echoing its output.
+pub fn pipeline(db_url: &str, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .envs(harness::moto().env())
+        .output()
+        .expect("running pipeline");
+    println!(
+        "$ pipeline {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
