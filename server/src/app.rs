@@ -138,6 +138,16 @@ impl AppState {
         }
     }
 
+    /// Whether a model is loaded.
+    pub fn has_model(&self) -> bool {
+        self.model.load().is_some()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Readiness goes false (new connections should go elsewhere) while draining.
     pub fn begin_shutdown(&self) {
         self.shutting_down

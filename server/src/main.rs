@@ -44,6 +44,10 @@ struct Args {
     /// Seconds a client may take to send its request headers (0: no limit).
     #[arg(long, env = "SERVER_HEADER_TIMEOUT", default_value_t = 10.0)]
     header_timeout: f64,
+    /// Longest pause, in seconds, between retries of the first model load (0: try
+    /// once). The server stays not-ready, and keeps trying, until a model is in.
+    #[arg(long, env = "SERVER_FIRST_LOAD_MAX_BACKOFF", default_value_t = 30.0)]
+    first_load_max_backoff: f64,
     /// Append every prediction to this JSON lines file.
     #[arg(long, env = "SERVER_PREDICTION_LOG")]
     prediction_log: Option<PathBuf>,
@@ -137,6 +141,7 @@ async fn main_inner(args: Args) -> anyhow::Result<()> {
             listen: args.listen,
             shutdown_timeout: secs("shutdown-timeout", args.shutdown_timeout)?,
             header_read_timeout: secs("header-timeout", args.header_timeout)?,
+            first_load_max_backoff: secs("first-load-max-backoff", args.first_load_max_backoff)?,
         },
     )
     .await?;

@@ -45,6 +45,45 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// How long a client may take to send request headers (zero: no limit).
     pub header_read_timeout: Duration,
+    /// The longest pause between attempts at the first model load (zero: try once).
+    pub first_load_max_backoff: Duration,
+}
+
+/// The pause before attempt `n + 1` of the first load: 0.5 s doubling up to `max`,
+/// with up to 25% jitter so a fleet booting together does not read S3 in step.
+pub fn first_load_backoff(attempt: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(500)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(max);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// The first model load, retried with backoff until a model is in (by this loop, an
+/// admin reload or SIGHUP) or the server shuts down. At boot S3 or the instance's
+/// credentials may not be reachable yet; giving up after one try would leave the
+/// server not ready until someone sends SIGHUP.
+async fn first_load(state: Arc<AppState>, max_backoff: Duration) {
+    let mut attempt = 0u32;
+    loop {
+        if state.reload().await.is_ok() || max_backoff.is_zero() {
+            return;
+        }
+        let pause = first_load_backoff(attempt, max_backoff);
+        tracing::warn!(
+            attempt = attempt + 1,
+            retry_in_s = pause.as_secs_f64(),
+            "first model load failed; retrying"
+        );
+        tokio::time::sleep(pause).await;
+        if state.has_model() || state.is_shutting_down() {
+            return;
+        }
+        attempt += 1;
+    }
 }
 
 /// Binds, loads the model, serves until SIGTERM/SIGINT, drains, returns.
@@ -72,12 +111,7 @@ pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeEr
 
     // The first load runs beside the listener: liveness answers at once, readiness
     // once a model is in.
-    {
-        let st = state.clone();
-        tokio::spawn(async move {
-            let _ = st.reload().await;
-        });
-    }
+    tokio::spawn(first_load(state.clone(), opts.first_load_max_backoff));
     {
         let st = state.clone();
         tokio::spawn(async move {
@@ -146,4 +180,29 @@ pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeEr
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let max = Duration::from_secs(30);
+        for (attempt, base_ms) in [
+            (0, 500),
+            (1, 1000),
+            (2, 2000),
+            (5, 16_000),
+            (6, 30_000),
+            (40, 30_000),
+        ] {
+            let d = first_load_backoff(attempt, max);
+            let base = Duration::from_millis(base_ms);
+            assert!(
+                d >= base && d <= base.mul_f64(1.25),
+                "attempt {attempt}: {d:?}"
+            );
+        }
+    }
 }

@@ -251,10 +251,14 @@ fn operator_endpoints() {
 fn not_ready_without_a_model_then_ready_after_reload() {
     let root = tempfile::tempdir().unwrap();
     let token = harness::unique("tok");
+    // One load attempt only: this test drives the reload itself.
     let s = Server::start(
         root.path().to_str().unwrap(),
         &[],
-        &[("SERVER_ADMIN_TOKEN", token.clone())],
+        &[
+            ("SERVER_ADMIN_TOKEN", token.clone()),
+            ("SERVER_FIRST_LOAD_MAX_BACKOFF", "0".into()),
+        ],
     );
     // The first load runs beside the listener: until it has failed, the reason is
     // "loading the model" (a race this test lost under load).
