@@ -1,4 +1,6 @@
-//! `deployer init`: the state bucket (versioned, encrypted, private) and the lock table.
+//! `deployer init`: everything the later commands need before the first `apply`: the
+//! state bucket and the artifacts bucket (each versioned, encrypted by default, every
+//! public access blocked) and the lock table.
 
 use std::time::Duration;
 
@@ -18,26 +20,45 @@ use crate::config::{Config, LockBackend};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InitReport {
     pub bucket_created: bool,
+    /// The artifacts bucket (releases, models) was created; `false` when it was there
+    /// already or is the state bucket itself.
+    pub artifacts_bucket_created: bool,
     pub table_created: bool,
 }
 
-/// Creates (or completes) the state bucket and the lock table. Idempotent.
+/// Creates (or completes) the state bucket, the artifacts bucket and the lock table.
+/// Idempotent: settings are enforced on buckets that already exist.
 pub async fn init(clients: &Clients, cfg: &Config) -> Result<InitReport, AwsError> {
-    let s3 = &clients.s3;
-    let bucket = &cfg.state.bucket;
-    let res = format!("s3://{bucket}");
-    let mut report = InitReport::default();
+    let mut report = InitReport {
+        bucket_created: private_bucket(clients, &cfg.region, &cfg.state.bucket).await?,
+        ..InitReport::default()
+    };
+    if cfg.artifacts.bucket != cfg.state.bucket {
+        report.artifacts_bucket_created =
+            private_bucket(clients, &cfg.region, &cfg.artifacts.bucket).await?;
+    }
+    if cfg.lock.backend == LockBackend::Dynamodb {
+        report.table_created = lock_table(clients, cfg).await?;
+    }
+    Ok(report)
+}
 
+/// Creates `bucket` if it is not there, then enforces: every public access blocked,
+/// versioning on, default encryption. Returns whether it was created.
+async fn private_bucket(clients: &Clients, region: &str, bucket: &str) -> Result<bool, AwsError> {
+    let s3 = &clients.s3;
+    let res = format!("s3://{bucket}");
+    let mut created = false;
     let mut create = s3.create_bucket().bucket(bucket);
-    if cfg.region != "us-east-1" {
+    if region != "us-east-1" {
         create = create.create_bucket_configuration(
             CreateBucketConfiguration::builder()
-                .location_constraint(BucketLocationConstraint::from(cfg.region.as_str()))
+                .location_constraint(BucketLocationConstraint::from(region))
                 .build(),
         );
     }
     match create.send().await {
-        Ok(_) => report.bucket_created = true,
+        Ok(_) => created = true,
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_bucket_already_owned_by_you()) => {}
@@ -84,52 +105,69 @@ pub async fn init(clients: &Clients, cfg: &Config) -> Result<InitReport, AwsErro
         .send()
         .await
         .map_err(|e| AwsError::new(&res, "PutBucketEncryption", e))?;
+    Ok(created)
+}
 
-    if cfg.lock.backend == LockBackend::Dynamodb {
-        let table = cfg.lock.table.clone().unwrap_or_default();
-        let res = format!("dynamodb table {table}");
-        let build = |e: aws_sdk_dynamodb::error::BuildError| {
-            AwsError::other(&res, "CreateTable", e.to_string())
-        };
-        let created = clients
+/// Creates the DynamoDB lock table if it is not there and waits until it is active.
+/// Returns whether it was created.
+async fn lock_table(clients: &Clients, cfg: &Config) -> Result<bool, AwsError> {
+    let table = cfg.lock.table.clone().unwrap_or_default();
+    let res = format!("dynamodb table {table}");
+    let build = |e: aws_sdk_dynamodb::error::BuildError| {
+        AwsError::other(&res, "CreateTable", e.to_string())
+    };
+    let created = clients
+        .dynamodb
+        .create_table()
+        .table_name(&table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("LockID")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("LockID")
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(build)?,
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await;
+    let table_created = match created {
+        Ok(_) => true,
+        Err(e) if code_of(&e) == Some("ResourceInUseException") => false,
+        Err(e) => return Err(AwsError::new(&res, "CreateTable", e)),
+    };
+    // A new table is CREATING for a while; conditional puts before ACTIVE fail.
+    const ACTIVE_WITHIN: Duration = Duration::from_secs(120);
+    let start = std::time::Instant::now();
+    loop {
+        let d = clients
             .dynamodb
-            .create_table()
+            .describe_table()
             .table_name(&table)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("LockID")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(build)?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("LockID")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(build)?,
-            )
-            .billing_mode(BillingMode::PayPerRequest)
             .send()
-            .await;
-        match created {
-            Ok(_) => report.table_created = true,
-            Err(e) if code_of(&e) == Some("ResourceInUseException") => {}
-            Err(e) => return Err(AwsError::new(&res, "CreateTable", e)),
+            .await
+            .map_err(|e| AwsError::new(&res, "DescribeTable", e))?;
+        let status = d.table().and_then(|t| t.table_status()).cloned();
+        if status == Some(TableStatus::Active) {
+            return Ok(table_created);
         }
-        for _ in 0..120 {
-            let d = clients
-                .dynamodb
-                .describe_table()
-                .table_name(&table)
-                .send()
-                .await
-                .map_err(|e| AwsError::new(&res, "DescribeTable", e))?;
-            if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        if start.elapsed() > ACTIVE_WITHIN {
+            return Err(AwsError::other(
+                &res,
+                "DescribeTable",
+                format!(
+                    "still {} after {}s",
+                    status.as_ref().map_or("without a status", |s| s.as_str()),
+                    ACTIVE_WITHIN.as_secs()
+                ),
+            ));
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Ok(report)
 }

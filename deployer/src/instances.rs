@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
-    ResourceType, VolumeType,
+    LocationType, ResourceType, VolumeType,
 };
 use base64::Engine as _;
 
@@ -14,6 +14,7 @@ use crate::aws::{AwsError, Clients};
 use crate::config::{AmiSelector, Config};
 use crate::stack::{MANAGED_BY, tag_specification, tags_for};
 use crate::state::Color;
+use crate::target::{Arch, BinaryTarget};
 
 /// A resolved machine image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub struct Ami {
     pub creation_date: String,
     /// The device of its root volume (`/dev/sda1`), where the encrypted root goes.
     pub root_device_name: String,
+    /// Its CPU architecture (`None`: one we cannot run, such as `i386`).
+    pub architecture: Option<Arch>,
 }
 
 /// The image to launch: the fixed id, or the newest (by creation date) available image
@@ -67,7 +70,106 @@ pub async fn resolve_ami(clients: &Clients, selector: &AmiSelector) -> Result<Am
         name: img.name().unwrap_or_default().to_string(),
         creation_date: img.creation_date().unwrap_or_default().to_string(),
         root_device_name: img.root_device_name().unwrap_or("/dev/sda1").to_string(),
+        architecture: img.architecture().and_then(|a| Arch::from_ec2(a.as_str())),
     })
+}
+
+/// The architectures `instance_type` runs (`DescribeInstanceTypes`).
+pub async fn instance_type_architectures(
+    clients: &Clients,
+    instance_type: &str,
+) -> Result<Vec<Arch>, AwsError> {
+    let resource = format!("instance type {instance_type}");
+    let out = clients
+        .ec2
+        .describe_instance_types()
+        .instance_types(InstanceType::from(instance_type))
+        .send()
+        .await
+        .map_err(|e| AwsError::new(&resource, "DescribeInstanceTypes", e))?;
+    let Some(info) = out.instance_types().first() else {
+        return Err(AwsError::other(
+            &resource,
+            "DescribeInstanceTypes",
+            "EC2 does not know this instance type in this region".into(),
+        ));
+    };
+    Ok(info
+        .processor_info()
+        .map(|p| p.supported_architectures())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| Arch::from_ec2(a.as_str()))
+        .collect())
+}
+
+/// The availability zones of the region that offer `instance_type`, sorted
+/// (`DescribeInstanceTypeOfferings`). Not every zone offers every type: a subnet in the
+/// wrong one makes every launch fail with `Unsupported`.
+pub async fn zones_offering(
+    clients: &Clients,
+    instance_type: &str,
+) -> Result<Vec<String>, AwsError> {
+    let resource = format!("instance type {instance_type}");
+    let out = clients
+        .ec2
+        .describe_instance_type_offerings()
+        .location_type(LocationType::AvailabilityZone)
+        .filters(
+            Filter::builder()
+                .name("instance-type")
+                .values(instance_type)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| AwsError::new(&resource, "DescribeInstanceTypeOfferings", e))?;
+    let mut zones: Vec<String> = out
+        .instance_type_offerings()
+        .iter()
+        .filter_map(|o| o.location().map(str::to_string))
+        .collect();
+    zones.sort();
+    zones.dedup();
+    Ok(zones)
+}
+
+/// Whether a binary built for `binary` runs on `ami` on an instance type that supports
+/// `type_archs`; the error is one line naming what does not match.
+pub fn check_runs(
+    binary: &BinaryTarget,
+    ami: &Ami,
+    instance_type: &str,
+    type_archs: &[Arch],
+) -> Result<(), String> {
+    match ami.architecture {
+        Some(a) if a == binary.arch => {}
+        Some(a) => {
+            return Err(format!(
+                "the server binary is built for {} but the image {} ({}) is {a}",
+                binary.arch, ami.id, ami.name
+            ));
+        }
+        None => {
+            return Err(format!(
+                "the image {} ({}) has an architecture the deployer cannot run",
+                ami.id, ami.name
+            ));
+        }
+    }
+    if !type_archs.contains(&binary.arch) {
+        let runs: Vec<&str> = type_archs.iter().map(|a| a.as_str()).collect();
+        return Err(format!(
+            "the server binary is built for {} but instance type {instance_type} runs {}",
+            binary.arch,
+            if runs.is_empty() {
+                "neither x86_64 nor arm64".to_string()
+            } else {
+                runs.join(", ")
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// What to launch.
@@ -237,5 +339,39 @@ pub async fn terminate(clients: &Clients, id: &str, wait: Duration) -> Result<()
             ));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ami(arch: Option<Arch>) -> Ami {
+        Ami {
+            id: "ami-1".into(),
+            name: "ubuntu-noble-24.04-amd64-server-x".into(),
+            creation_date: String::new(),
+            root_device_name: "/dev/sda1".into(),
+            architecture: arch,
+        }
+    }
+
+    #[test]
+    fn a_mismatch_is_named_in_one_line() {
+        let x86 = BinaryTarget {
+            arch: Arch::X86_64,
+            interpreter: None,
+        };
+        assert!(check_runs(&x86, &ami(Some(Arch::X86_64)), "t3.micro", &[Arch::X86_64]).is_ok());
+        let e = check_runs(&x86, &ami(Some(Arch::Arm64)), "t4g.micro", &[Arch::Arm64])
+            .expect_err("arm64 image");
+        assert!(
+            e.contains("built for x86_64") && e.contains("ami-1") && e.contains("arm64"),
+            "{e}"
+        );
+        let e = check_runs(&x86, &ami(Some(Arch::X86_64)), "t4g.micro", &[Arch::Arm64])
+            .expect_err("arm64 type");
+        assert!(e.contains("instance type t4g.micro runs arm64"), "{e}");
+        assert!(!e.contains('\n'));
     }
 }

@@ -28,6 +28,7 @@ pub mod publish;
 pub mod release;
 pub mod stack;
 pub mod state;
+pub mod target;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! s3://<artifacts>/releases/<SHA>/server          the server binary for the instances
-//! s3://<artifacts>/releases/<SHA>/manifest.json   {release, model_version, files: [{name, sha256, size}]}
+//! s3://<artifacts>/releases/<SHA>/manifest.json   {release, model_version, target, files: [{name, sha256, size}]}
 //! ```
 //!
 //! The manifest is written last, so a bundle without one is incomplete and never
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::aws::{AwsError, Clients};
+use crate::target::{self, BinaryTarget};
 
 /// One file of a release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +31,10 @@ pub struct Manifest {
     pub release: String,
     /// The model version the release serves (checked by the health gate).
     pub model_version: Option<String>,
+    /// What the server binary runs on (architecture, static or which loader). Absent in
+    /// manifests published before it was recorded.
+    #[serde(default)]
+    pub target: Option<BinaryTarget>,
     pub files: Vec<ManifestFile>,
     pub published_at: chrono::DateTime<chrono::Utc>,
     pub published_by: String,
@@ -46,6 +51,11 @@ pub enum PublishError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{path} cannot be the server binary: {why}")]
+    NotRunnable {
+        path: String,
+        why: target::NotRunnable,
     },
     #[error("s3://{bucket}/{key} is not a release manifest: {detail}")]
     BadManifest {
@@ -101,6 +111,10 @@ pub async fn publish(
         path: server_binary.display().to_string(),
         source,
     })?;
+    let binary_target = target::detect(&bytes).map_err(|why| PublishError::NotRunnable {
+        path: server_binary.display().to_string(),
+        why,
+    })?;
     let file = ManifestFile {
         name: "server".into(),
         sha256: sha256_hex(&bytes),
@@ -122,6 +136,7 @@ pub async fn publish(
     let manifest = Manifest {
         release: release.to_string(),
         model_version: model_version.map(str::to_string),
+        target: Some(binary_target),
         files: vec![file],
         published_at: chrono::Utc::now(),
         published_by: crate::lock::who(),
