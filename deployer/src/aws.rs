@@ -1,5 +1,7 @@
 //! AWS clients and errors that name the resource, the action and the AWS error code.
 
+use std::time::Duration;
+
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 
 /// An AWS call that failed.
@@ -80,5 +82,205 @@ impl Clients {
             .load()
             .await;
         Clients::from_sdk(&sdk)
+    }
+}
+
+/// Whether an error code means "it is not there (any more)".
+pub fn is_not_found(code: Option<&str>) -> bool {
+    matches!(code, Some(c) if c.ends_with(".NotFound")
+        || c.ends_with("NotFound")
+        || c == "NoSuchEntity"
+        || c == "Gateway.NotAttached"
+        || c == "InvalidAssociationID.NotFound")
+}
+
+/// The answer of a call about `resource`, `None` when AWS says it is not there (any
+/// more); any other error becomes an [`AwsError`] naming `resource` and `action`.
+pub fn or_absent<T, E>(
+    result: Result<T, E>,
+    resource: &str,
+    action: &'static str,
+) -> Result<Option<T>, AwsError>
+where
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    match result {
+        Ok(out) => Ok(Some(out)),
+        Err(e) if is_not_found(code_of(&e)) => Ok(None),
+        Err(e) => Err(AwsError::new(resource, action, e)),
+    }
+}
+
+/// How long and how often [`retry_while`] retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The wait before the first retry; each later wait doubles, up to `max_delay`.
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// No attempt starts later than this after the first one.
+    pub deadline: Duration,
+}
+
+impl Default for Backoff {
+    /// 200 ms, 400 ms, ... then 5 s between attempts, for at most a minute: changes
+    /// to IAM can take several seconds to be seen by EC2.
+    fn default() -> Backoff {
+        Backoff {
+            first_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after `delay`.
+    pub fn next_delay(&self, delay: Duration) -> Duration {
+        delay.saturating_mul(2).min(self.max_delay)
+    }
+}
+
+/// Runs `op` until it succeeds, or fails with an error whose code `retryable` refuses,
+/// or the next attempt would start after `bound.deadline`; then returns the last error.
+///
+/// For AWS's eventual consistency: a call that names something created a moment ago
+/// (a role in a new instance profile, a new security group) can fail with a not-found
+/// or invalid-parameter code for a few seconds. Only the codes that mean "not yet"
+/// should be retried: `retryable` receives [`AwsError::code`]. Each retry is logged at
+/// debug level. For example, adding a role just created to an instance profile:
+/// `retry_while(Backoff::default(), |code| code == "NoSuchEntity", || add_role(..))`,
+/// where `add_role` returns the call's future with its error mapped to [`AwsError`].
+pub async fn retry_while<T, F, Fut>(
+    bound: Backoff,
+    retryable: impl Fn(&str) -> bool,
+    mut op: F,
+) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut delay = bound.first_delay;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let err = match op().await {
+            Ok(out) => return Ok(out),
+            Err(err) => err,
+        };
+        if !retryable(&err.code) || start.elapsed() + delay > bound.deadline {
+            return Err(err);
+        }
+        tracing::debug!(
+            resource = %err.resource,
+            action = err.action,
+            code = %err.code,
+            attempt,
+            ?delay,
+            "not yet consistent, retrying"
+        );
+        tokio::time::sleep(delay).await;
+        delay = bound.next_delay(delay);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn failure(code: &str, attempt: u32) -> AwsError {
+        AwsError {
+            resource: "aws_iam_instance_profile.instance".into(),
+            action: "AddRoleToInstanceProfile",
+            code: code.into(),
+            message: format!("attempt {attempt}"),
+        }
+    }
+
+    fn quick(deadline_ms: u64) -> Backoff {
+        Backoff {
+            first_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(4),
+            deadline: Duration::from_millis(deadline_ms),
+        }
+    }
+
+    #[test]
+    fn waits_double_up_to_the_cap() {
+        let b = quick(100);
+        let mut d = b.first_delay;
+        let mut waits = vec![d];
+        for _ in 0..4 {
+            d = b.next_delay(d);
+            waits.push(d);
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [1, 2, 4, 4, 4]);
+    }
+
+    #[tokio::test]
+    async fn retries_a_not_yet_code_until_it_succeeds() {
+        let attempts = Cell::new(0);
+        let out = retry_while(
+            quick(10_000),
+            |code| code == "NoSuchEntity",
+            || {
+                attempts.set(attempts.get() + 1);
+                let n = attempts.get();
+                async move {
+                    if n < 3 {
+                        Err(failure("NoSuchEntity", n))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(out.ok(), Some(3));
+        assert_eq!(attempts.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn another_code_fails_at_once() {
+        let attempts = Cell::new(0);
+        let out: Result<(), AwsError> = retry_while(
+            quick(10_000),
+            |code| code == "NoSuchEntity",
+            || {
+                attempts.set(attempts.get() + 1);
+                let n = attempts.get();
+                async move { Err(failure("AccessDenied", n)) }
+            },
+        )
+        .await;
+        let err = out.expect_err("fails");
+        assert_eq!((err.code.as_str(), attempts.get()), ("AccessDenied", 1));
+    }
+
+    #[tokio::test]
+    async fn gives_up_at_the_deadline_with_the_last_error() {
+        let attempts = Cell::new(0);
+        let start = std::time::Instant::now();
+        let out: Result<(), AwsError> = retry_while(
+            quick(40),
+            |_| true,
+            || {
+                attempts.set(attempts.get() + 1);
+                let n = attempts.get();
+                async move { Err(failure("NoSuchEntity", n)) }
+            },
+        )
+        .await;
+        let elapsed = start.elapsed();
+        let err = out.expect_err("never succeeds");
+        assert!(attempts.get() >= 3, "only {} attempts", attempts.get());
+        assert_eq!(err.message, format!("attempt {}", attempts.get()));
+        // It stops only when the next wait (4 ms at most) would pass the deadline, and
+        // never waits longer than the cap.
+        assert!(elapsed > Duration::from_millis(40 - 4), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(40 + 500), "{elapsed:?}");
     }
 }

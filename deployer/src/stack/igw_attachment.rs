@@ -1,0 +1,111 @@
+//! `aws_internet_gateway_attachment.main`: the internet gateway attached to the VPC.
+//! Its id is `<igw id>:<vpc id>`; it has no tags and is found through the gateway.
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::{Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, parent_id};
+use crate::aws::{AwsError, or_absent};
+use crate::config::Config;
+
+const KIND: Kind = Kind::IgwAttachment;
+
+pub(super) struct IgwAttachment;
+
+#[async_trait]
+impl Resource for IgwAttachment {
+    fn wanted(&self, _cfg: &Config, known: &Known) -> Vec<Want> {
+        vec![
+            Want::replace(
+                "internet_gateway_id",
+                Attr::id_of(known, Kind::InternetGateway),
+            ),
+            Want::replace("vpc_id", Attr::id_of(known, Kind::Vpc)),
+        ]
+    }
+
+    async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
+        let Some((igw, vpc)) = id.split_once(':') else {
+            return Ok(None);
+        };
+        let out = s
+            .clients
+            .ec2
+            .describe_internet_gateways()
+            .internet_gateway_ids(igw)
+            .send()
+            .await;
+        let Some(out) = or_absent(out, &KIND.address(), "DescribeInternetGateways")? else {
+            return Ok(None);
+        };
+        let attached = out.internet_gateways().first().is_some_and(|g| {
+            g.attachments().iter().any(|at| {
+                at.vpc_id() == Some(vpc)
+                    && at
+                        .state()
+                        .is_some_and(|s| matches!(s.as_str(), "available" | "attached"))
+            })
+        });
+        if !attached {
+            return Ok(None);
+        }
+        Ok(Some(Actual::from([
+            ("internet_gateway_id".into(), json!(igw)),
+            ("vpc_id".into(), json!(vpc)),
+        ])))
+    }
+
+    async fn find(&self, s: &Stack<'_>, current: &Ids) -> Result<Vec<String>, AwsError> {
+        let (Some(igw), Some(_)) = (current.get(&Kind::InternetGateway), current.get(&Kind::Vpc))
+        else {
+            return Ok(vec![]);
+        };
+        // Whatever VPC it is attached to (a replaced VPC's included).
+        let out = s
+            .clients
+            .ec2
+            .describe_internet_gateways()
+            .internet_gateway_ids(igw)
+            .send()
+            .await;
+        let Some(out) = or_absent(out, &KIND.address(), "DescribeInternetGateways")? else {
+            return Ok(vec![]);
+        };
+        Ok(out
+            .internet_gateways()
+            .iter()
+            .flat_map(|g| g.attachments())
+            .filter_map(|at| at.vpc_id().map(|v| format!("{igw}:{v}")))
+            .collect())
+    }
+
+    async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {
+        let igw = parent_id(ids, KIND, Kind::InternetGateway)?;
+        let vpc = parent_id(ids, KIND, Kind::Vpc)?;
+        s.clients
+            .ec2
+            .attach_internet_gateway()
+            .internet_gateway_id(&igw)
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .map_err(|e| AwsError::new(KIND.address(), "AttachInternetGateway", e))?;
+        Ok(format!("{igw}:{vpc}"))
+    }
+
+    async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError> {
+        let Some((igw, vpc)) = id.split_once(':') else {
+            return Ok(());
+        };
+        let out = s
+            .clients
+            .ec2
+            .detach_internet_gateway()
+            .internet_gateway_id(igw)
+            .vpc_id(vpc)
+            .send()
+            .await;
+        or_absent(out, &KIND.address(), "DetachInternetGateway")?;
+        Ok(())
+    }
+}

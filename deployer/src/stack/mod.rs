@@ -1,0 +1,359 @@
+//! The resources the deployer owns: how each is wanted, read, found, created, updated
+//! and deleted, in dependency order.
+//!
+//! Every EC2 resource is created with its tags in the same call (`TagSpecifications`),
+//! among them `deployer:address`, so one created just before a crash is found again by
+//! its tags; IAM resources have fixed names derived from the app and are found by name.
+//!
+//! # Layout
+//!
+//! One file per resource (`vpc.rs`, `subnet.rs`, ... `eip.rs`) holds all of its
+//! operations: a unit struct implementing the `Resource` trait below. This file keeps
+//! the kinds ([`Kind`]), their order ([`STACK`]) and the dispatch ([`Stack`],
+//! [`wanted`]). What several resources share has a small file of its own: `tags.rs`
+//! (the managed tags, tag filters), `rules.rs` (security group rules as strings),
+//! `policy.rs` (IAM policy documents).
+//!
+//! # Adding a resource
+//!
+//! 1. Write `stack/<module>.rs`: a unit struct `pub(super) struct <Variant>;`
+//!    implementing `Resource`. Start from the closest existing one: `route_table.rs`
+//!    for an EC2 resource found by its tags, `iam_role_policy.rs` for one with a fixed
+//!    name, `route.rs` for one whose id is made of its parents'.
+//! 2. Declare the module (`mod <module>;`) and add its line to `registry!` below, at
+//!    its place in the dependency order: `<Variant> => <module>, "aws_<type>", "<name>";`.
+//!    That line makes the variant `Kind::<Variant>`, the address `aws_<type>.<name>`,
+//!    its place in [`STACK`] and the dispatch to the struct: `plan`, `apply` and
+//!    `destroy` then handle it with nothing else to change.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::aws::{AwsError, Clients};
+use crate::config::Config;
+
+mod eip;
+mod iam_role;
+mod iam_role_policy;
+mod igw_attachment;
+mod instance_profile;
+mod internet_gateway;
+mod policy;
+mod route;
+mod route_table;
+mod route_table_association;
+mod rules;
+mod security_group;
+mod subnet;
+mod tags;
+mod vpc;
+
+pub use crate::aws::is_not_found;
+pub use iam_role::role_name;
+pub use iam_role_policy::policy_name;
+pub use instance_profile::profile_name;
+pub use policy::{artifact_read_policy, assume_role_policy, policy_json};
+pub use rules::{parse_rule, rule_strings};
+pub use security_group::{security_group_name, wanted_ingress};
+pub use tags::{ADDRESS_TAG, MANAGED_BY, tag_specification, tags_for};
+
+/// The registry: one line per resource, in dependency order (creation order; deletion
+/// runs it backwards): `Variant => module, "type", "name";` says that the resources
+/// of kind `Kind::Variant` have the address `type.name` and are handled by the unit
+/// struct `module::Variant`. It defines [`Kind`], [`STACK`] and `Kind::resource`.
+macro_rules! registry {
+    ($($kind:ident => $module:ident, $type_name:literal, $name:literal;)*) => {
+        /// A kind of resource.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Kind {
+            $($kind,)*
+        }
+
+        /// Every resource of the shared stack, in dependency order (creation order;
+        /// deletion runs it backwards).
+        pub const STACK: [(Kind, &str); [$($name),*].len()] = [$((Kind::$kind, $name),)*];
+
+        impl Kind {
+            /// `aws_vpc`.
+            pub fn type_name(self) -> &'static str {
+                match self {
+                    $(Kind::$kind => $type_name,)*
+                }
+            }
+
+            /// What the deployer does with resources of this kind.
+            fn resource(self) -> &'static dyn Resource {
+                match self {
+                    $(Kind::$kind => &$module::$kind,)*
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    Vpc => vpc, "aws_vpc", "main";
+    Subnet => subnet, "aws_subnet", "main";
+    InternetGateway => internet_gateway, "aws_internet_gateway", "main";
+    IgwAttachment => igw_attachment, "aws_internet_gateway_attachment", "main";
+    RouteTable => route_table, "aws_route_table", "main";
+    Route => route, "aws_route", "default";
+    RouteTableAssociation => route_table_association, "aws_route_table_association", "main";
+    SecurityGroup => security_group, "aws_security_group", "api";
+    IamRole => iam_role, "aws_iam_role", "instance";
+    IamRolePolicy => iam_role_policy, "aws_iam_role_policy", "artifact_read";
+    InstanceProfile => instance_profile, "aws_iam_instance_profile", "instance";
+    Eip => eip, "aws_eip", "api";
+}
+
+impl Kind {
+    /// `aws_vpc.main`.
+    pub fn address(self) -> String {
+        let name = STACK
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("main");
+        format!("{}.{name}", self.type_name())
+    }
+
+    pub fn from_address(addr: &str) -> Option<Kind> {
+        STACK.iter().map(|(k, _)| *k).find(|k| k.address() == addr)
+    }
+}
+
+/// What the deployer does with one kind of resource. One implementation per file of
+/// this folder; [`Stack`] and [`wanted`] dispatch to them by [`Kind`].
+#[async_trait]
+trait Resource: Sync {
+    /// Its wanted attributes, given the ids of the parents that will still be there.
+    fn wanted(&self, cfg: &Config, known: &Known) -> Vec<Want>;
+
+    /// Its attributes as AWS has them; `None` when `id` no longer exists.
+    async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError>;
+
+    /// The ids that may be it (by tags, fixed name or parents), given the current ids
+    /// of its parents; [`Stack::find`] keeps those that read back.
+    async fn find(&self, s: &Stack<'_>, current: &Ids) -> Result<Vec<String>, AwsError>;
+
+    /// Creates it under the parents in `ids`; returns its id.
+    async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError>;
+
+    /// Brings one updatable attribute of `id` to its wanted value. Tags are updated by
+    /// [`Stack::update`] for every kind; by default nothing else is updatable.
+    async fn update(&self, _s: &Stack<'_>, _id: &str, change: &Change<'_>) -> Result<(), AwsError> {
+        Err(change.not_in_place())
+    }
+
+    /// Deletes `id`; one already gone is not an error.
+    async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError>;
+}
+
+/// The ids of resources, by kind.
+pub type Ids = BTreeMap<Kind, String>;
+
+/// The ids of parents that will still be there (`None`: to be created).
+pub type Known = BTreeMap<Kind, Option<String>>;
+
+/// A wanted attribute value: known now, or only after its parent is created.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    Known(Value),
+    Unknown,
+}
+
+impl Attr {
+    fn text(v: &str) -> Attr {
+        Attr::Known(Value::String(v.to_string()))
+    }
+
+    /// The id of `parent`, unknown until it exists.
+    fn id_of(known: &Known, parent: Kind) -> Attr {
+        match known.get(&parent) {
+            Some(Some(id)) => Attr::text(id),
+            _ => Attr::Unknown,
+        }
+    }
+
+    /// `value`, known once `parent` exists.
+    fn once_exists(known: &Known, parent: Kind, value: &str) -> Attr {
+        match known.get(&parent) {
+            Some(Some(_)) => Attr::text(value),
+            _ => Attr::Unknown,
+        }
+    }
+}
+
+/// One wanted attribute.
+#[derive(Debug, Clone)]
+pub struct Want {
+    pub name: &'static str,
+    pub value: Attr,
+    /// A change can only be made by replacing the resource.
+    pub force_new: bool,
+}
+
+impl Want {
+    /// An attribute that only a replacement changes.
+    fn replace(name: &'static str, value: Attr) -> Want {
+        Want {
+            name,
+            value,
+            force_new: true,
+        }
+    }
+
+    /// An attribute updated in place.
+    fn in_place(name: &'static str, value: Attr) -> Want {
+        Want {
+            name,
+            value,
+            force_new: false,
+        }
+    }
+}
+
+/// Attributes as read from AWS.
+pub type Actual = BTreeMap<String, Value>;
+
+/// One attribute of a resource to bring to its wanted value.
+struct Change<'a> {
+    /// The resource's address.
+    address: &'a str,
+    attr: &'static str,
+    /// The wanted value.
+    value: &'a Value,
+    /// All its attributes as read.
+    actual: &'a Actual,
+}
+
+impl Change<'_> {
+    fn not_in_place(&self) -> AwsError {
+        AwsError::other(
+            self.address,
+            "Update",
+            format!("attribute {} cannot be updated in place", self.attr),
+        )
+    }
+}
+
+/// A string attribute as read, `null` when absent.
+fn str_value(s: Option<&str>) -> Value {
+    s.map(|s| Value::String(s.into())).unwrap_or(Value::Null)
+}
+
+/// The id of `kind`'s parent `parent`, which `create` needs.
+fn parent_id(ids: &Ids, kind: Kind, parent: Kind) -> Result<String, AwsError> {
+    ids.get(&parent).cloned().ok_or_else(|| {
+        AwsError::other(
+            kind.address(),
+            "Create",
+            format!("its parent {} does not exist", parent.address()),
+        )
+    })
+}
+
+/// The id in the answer to `action`, which creates `kind`.
+fn created_id(kind: Kind, action: &'static str, id: Option<&str>) -> Result<String, AwsError> {
+    id.map(str::to_string)
+        .ok_or_else(|| AwsError::other(kind.address(), action, "the answer carries no id".into()))
+}
+
+/// The wanted attributes of `kind`, given the ids of the parents that will still be
+/// there (`None`: to be created).
+pub fn wanted(cfg: &Config, kind: Kind, known: &Known) -> Vec<Want> {
+    kind.resource().wanted(cfg, known)
+}
+
+/// Talks to AWS about the stack's resources.
+#[derive(Debug, Clone)]
+pub struct Stack<'a> {
+    pub cfg: &'a Config,
+    pub clients: &'a Clients,
+}
+
+impl<'a> Stack<'a> {
+    pub fn new(cfg: &'a Config, clients: &'a Clients) -> Stack<'a> {
+        Stack { cfg, clients }
+    }
+
+    /// Reads the resource `id` of `kind`; `None` when it no longer exists.
+    pub async fn read(&self, kind: Kind, id: &str) -> Result<Option<Actual>, AwsError> {
+        kind.resource().read(self, id).await
+    }
+
+    /// Finds every existing resource of `kind` by its tags (EC2) or its fixed name (IAM)
+    /// or its parents (attachments, routes, associations), given the current ids of
+    /// its parents.
+    pub async fn find(&self, kind: Kind, current: &Ids) -> Result<Vec<String>, AwsError> {
+        let ids = kind.resource().find(self, current).await?;
+        // Keep only those that really exist.
+        let mut found = Vec::new();
+        for id in ids {
+            if self.read(kind, &id).await?.is_some() {
+                found.push(id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Creates `kind` with `ids` of its parents; returns its id. The caller records the
+    /// id in the state at once.
+    pub async fn create(&self, kind: Kind, ids: &Ids) -> Result<String, AwsError> {
+        kind.resource().create(self, ids).await
+    }
+
+    /// Brings the updatable attributes of an existing resource to what is wanted.
+    pub async fn update(
+        &self,
+        kind: Kind,
+        id: &str,
+        ids: &Ids,
+        actual: &Actual,
+    ) -> Result<(), AwsError> {
+        let address = kind.address();
+        let known: Known = ids.iter().map(|(k, v)| (*k, Some(v.clone()))).collect();
+        for want in wanted(self.cfg, kind, &known) {
+            if want.force_new {
+                continue;
+            }
+            let Attr::Known(value) = &want.value else {
+                continue;
+            };
+            if actual.get(want.name) == Some(value) {
+                continue;
+            }
+            if want.name == "tags" {
+                tags::put(self, kind, id).await?;
+                continue;
+            }
+            let change = Change {
+                address: &address,
+                attr: want.name,
+                value,
+                actual,
+            };
+            kind.resource().update(self, id, &change).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes resource `id` of `kind`; one already gone is not an error.
+    pub async fn delete(&self, kind: Kind, id: &str) -> Result<(), AwsError> {
+        kind.resource().delete(self, id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip() {
+        for (k, _) in STACK {
+            assert_eq!(Kind::from_address(&k.address()), Some(k));
+        }
+    }
+}

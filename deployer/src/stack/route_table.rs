@@ -1,0 +1,87 @@
+//! `aws_route_table.main`: the subnet's route table (its default route is
+//! `route.rs`). Found by its tags.
+
+use async_trait::async_trait;
+use aws_sdk_ec2::types::ResourceType;
+
+use super::{
+    Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, parent_id, str_value, tags,
+};
+use crate::aws::{AwsError, or_absent};
+use crate::config::Config;
+
+const KIND: Kind = Kind::RouteTable;
+
+pub(super) struct RouteTable;
+
+#[async_trait]
+impl Resource for RouteTable {
+    fn wanted(&self, cfg: &Config, known: &Known) -> Vec<Want> {
+        vec![
+            Want::replace("vpc_id", Attr::id_of(known, Kind::Vpc)),
+            tags::wanted(cfg, KIND),
+        ]
+    }
+
+    async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
+        let out = s
+            .clients
+            .ec2
+            .describe_route_tables()
+            .route_table_ids(id)
+            .send()
+            .await;
+        let Some(out) = or_absent(out, &KIND.address(), "DescribeRouteTables")? else {
+            return Ok(None);
+        };
+        let Some(v) = out.route_tables().first() else {
+            return Ok(None);
+        };
+        Ok(Some(Actual::from([
+            ("vpc_id".into(), str_value(v.vpc_id())),
+            ("tags".into(), tags::managed(v.tags())),
+        ])))
+    }
+
+    async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
+        let out = s
+            .clients
+            .ec2
+            .describe_route_tables()
+            .set_filters(Some(tags::filters(s.cfg, KIND)))
+            .send()
+            .await
+            .map_err(|e| AwsError::new(KIND.address(), "DescribeRouteTables", e))?;
+        Ok(out
+            .route_tables()
+            .iter()
+            .filter_map(|v| v.route_table_id().map(str::to_string))
+            .collect())
+    }
+
+    async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {
+        let out = s
+            .clients
+            .ec2
+            .create_route_table()
+            .vpc_id(parent_id(ids, KIND, Kind::Vpc)?)
+            .tag_specifications(tags::spec(s.cfg, KIND, ResourceType::RouteTable))
+            .send()
+            .await
+            .map_err(|e| AwsError::new(KIND.address(), "CreateRouteTable", e))?;
+        let id = out.route_table().and_then(|v| v.route_table_id());
+        created_id(KIND, "CreateRouteTable", id)
+    }
+
+    async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError> {
+        let out = s
+            .clients
+            .ec2
+            .delete_route_table()
+            .route_table_id(id)
+            .send()
+            .await;
+        or_absent(out, &KIND.address(), "DeleteRouteTable")?;
+        Ok(())
+    }
+}

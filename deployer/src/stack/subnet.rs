@@ -1,0 +1,86 @@
+//! `aws_subnet.main`: the one public subnet of the VPC. Found by its tags.
+
+use async_trait::async_trait;
+use aws_sdk_ec2::types::ResourceType;
+
+use super::{
+    Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, parent_id, str_value, tags,
+};
+use crate::aws::{AwsError, or_absent};
+use crate::config::Config;
+
+const KIND: Kind = Kind::Subnet;
+
+pub(super) struct Subnet;
+
+#[async_trait]
+impl Resource for Subnet {
+    fn wanted(&self, cfg: &Config, known: &Known) -> Vec<Want> {
+        let mut w = vec![
+            Want::replace("vpc_id", Attr::id_of(known, Kind::Vpc)),
+            Want::replace("cidr_block", Attr::text(&cfg.subnet_cidr)),
+        ];
+        if let Some(az) = &cfg.availability_zone {
+            w.push(Want::replace("availability_zone", Attr::text(az)));
+        }
+        w.push(tags::wanted(cfg, KIND));
+        w
+    }
+
+    async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
+        let out = s.clients.ec2.describe_subnets().subnet_ids(id).send().await;
+        let Some(out) = or_absent(out, &KIND.address(), "DescribeSubnets")? else {
+            return Ok(None);
+        };
+        let Some(v) = out.subnets().first() else {
+            return Ok(None);
+        };
+        Ok(Some(Actual::from([
+            ("vpc_id".into(), str_value(v.vpc_id())),
+            ("cidr_block".into(), str_value(v.cidr_block())),
+            ("availability_zone".into(), str_value(v.availability_zone())),
+            ("tags".into(), tags::managed(v.tags())),
+        ])))
+    }
+
+    async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
+        let out = s
+            .clients
+            .ec2
+            .describe_subnets()
+            .set_filters(Some(tags::filters(s.cfg, KIND)))
+            .send()
+            .await
+            .map_err(|e| AwsError::new(KIND.address(), "DescribeSubnets", e))?;
+        Ok(out
+            .subnets()
+            .iter()
+            .filter_map(|v| v.subnet_id().map(str::to_string))
+            .collect())
+    }
+
+    async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {
+        let out = s
+            .clients
+            .ec2
+            .create_subnet()
+            .vpc_id(parent_id(ids, KIND, Kind::Vpc)?)
+            .cidr_block(&s.cfg.subnet_cidr)
+            .set_availability_zone(s.cfg.availability_zone.clone())
+            .tag_specifications(tags::spec(s.cfg, KIND, ResourceType::Subnet))
+            .send()
+            .await
+            .map_err(|e| AwsError::new(KIND.address(), "CreateSubnet", e))?;
+        created_id(
+            KIND,
+            "CreateSubnet",
+            out.subnet().and_then(|v| v.subnet_id()),
+        )
+    }
+
+    async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError> {
+        let out = s.clients.ec2.delete_subnet().subnet_id(id).send().await;
+        or_absent(out, &KIND.address(), "DeleteSubnet")?;
+        Ok(())
+    }
+}

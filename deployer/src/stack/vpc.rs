@@ -1,0 +1,71 @@
+//! `aws_vpc.main`: the network everything else lives in. Found by its tags.
+
+use async_trait::async_trait;
+use aws_sdk_ec2::types::ResourceType;
+
+use super::{Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, str_value, tags};
+use crate::aws::{AwsError, or_absent};
+use crate::config::Config;
+
+const KIND: Kind = Kind::Vpc;
+
+pub(super) struct Vpc;
+
+#[async_trait]
+impl Resource for Vpc {
+    fn wanted(&self, cfg: &Config, _known: &Known) -> Vec<Want> {
+        vec![
+            Want::replace("cidr_block", Attr::text(&cfg.vpc_cidr)),
+            tags::wanted(cfg, KIND),
+        ]
+    }
+
+    async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
+        let out = s.clients.ec2.describe_vpcs().vpc_ids(id).send().await;
+        let Some(out) = or_absent(out, &KIND.address(), "DescribeVpcs")? else {
+            return Ok(None);
+        };
+        let Some(v) = out.vpcs().first() else {
+            return Ok(None);
+        };
+        Ok(Some(Actual::from([
+            ("cidr_block".into(), str_value(v.cidr_block())),
+            ("tags".into(), tags::managed(v.tags())),
+        ])))
+    }
+
+    async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
+        let out = s
+            .clients
+            .ec2
+            .describe_vpcs()
+            .set_filters(Some(tags::filters(s.cfg, KIND)))
+            .send()
+            .await
+            .map_err(|e| AwsError::new(KIND.address(), "DescribeVpcs", e))?;
+        Ok(out
+            .vpcs()
+            .iter()
+            .filter_map(|v| v.vpc_id().map(str::to_string))
+            .collect())
+    }
+
+    async fn create(&self, s: &Stack<'_>, _ids: &Ids) -> Result<String, AwsError> {
+        let out = s
+            .clients
+            .ec2
+            .create_vpc()
+            .cidr_block(&s.cfg.vpc_cidr)
+            .tag_specifications(tags::spec(s.cfg, KIND, ResourceType::Vpc))
+            .send()
+            .await
+            .map_err(|e| AwsError::new(KIND.address(), "CreateVpc", e))?;
+        created_id(KIND, "CreateVpc", out.vpc().and_then(|v| v.vpc_id()))
+    }
+
+    async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError> {
+        let out = s.clients.ec2.delete_vpc().vpc_id(id).send().await;
+        or_absent(out, &KIND.address(), "DeleteVpc")?;
+        Ok(())
+    }
+}
