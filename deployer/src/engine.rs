@@ -16,8 +16,9 @@ use crate::plan::{Action, Observed, Plan};
 use crate::stack::{Ids, Kind, Stack};
 use crate::state::{ResourceState, State, StateStore};
 
-/// Test hook: with `DEPLOYER_FAULT=<point>` the process stops at that point (to be
-/// killed by the test), e.g. `after-create:aws_subnet.main`.
+/// Test hook (feature `test-hooks` only): with `DEPLOYER_FAULT=<point>` the process
+/// stops at that point (to be killed by the test), e.g. `after-create:aws_subnet.main`.
+#[cfg(feature = "test-hooks")]
 pub async fn fault_point(point: &str) {
     if std::env::var("DEPLOYER_FAULT").as_deref() == Ok(point) {
         tracing::error!("fault point {point} reached: pausing until killed");
@@ -27,7 +28,13 @@ pub async fn fault_point(point: &str) {
     }
 }
 
-/// Test hook: `DEPLOYER_STEP_DELAY_MS` slows every step down (to widen race windows).
+/// Without the `test-hooks` feature the environment is not read: nothing happens.
+#[cfg(not(feature = "test-hooks"))]
+pub async fn fault_point(_point: &str) {}
+
+/// Test hook (feature `test-hooks` only): `DEPLOYER_STEP_DELAY_MS` slows every step
+/// down (to widen race windows).
+#[cfg(feature = "test-hooks")]
 async fn step_delay() {
     if let Some(ms) = std::env::var("DEPLOYER_STEP_DELAY_MS")
         .ok()
@@ -36,6 +43,9 @@ async fn step_delay() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
+
+#[cfg(not(feature = "test-hooks"))]
+async fn step_delay() {}
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

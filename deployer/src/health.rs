@@ -1,4 +1,5 @@
-//! The health gate's probes: `GET /readyz` and `GET /version` over plain HTTP/1.1.
+//! The health gate's probes: `GET /readyz` and `GET /version` over plain HTTP/1.1
+//! (hyper's client connection, one connection per request).
 //!
 //! Safety rule: a probe goes to loopback (127.0.0.0/8, ::1) only, unless the operator
 //! passes `--allow-public-probes` (production, where instances are real). In tests and
@@ -11,11 +12,18 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::header::{CONNECTION, HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::state::Color;
 
+/// The most of an answer a probe reads.
+const MAX_BODY: usize = 1 << 20;
+
+/// Why a probe target was refused or a probe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
@@ -24,11 +32,64 @@ pub enum ProbeError {
     NotLoopback { target: String },
     #[error("{target}: not a probe target ({why}); use http://IP:PORT")]
     BadTarget { target: String, why: String },
-    #[error("{target}{path}: {why}")]
-    Failed {
-        target: String,
+    #[error("{target}{path}: connect: {source}")]
+    Connect {
+        target: Target,
         path: String,
-        why: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange itself failed (handshake, request, or reading the answer).
+    #[error("{target}{path}: {source}")]
+    Http {
+        target: Target,
+        path: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("{target}{path}: the answer is larger than 1 MiB")]
+    TooLarge { target: Target, path: String },
+    #[error("{target}{path}: no answer within {}ms", .timeout.as_millis())]
+    Timeout {
+        target: Target,
+        path: String,
+        timeout: Duration,
+    },
+    #[error("{target}/readyz answered {status}: {body}")]
+    NotReady {
+        target: Target,
+        status: u16,
+        body: String,
+    },
+    #[error("{target}{path}: HTTP {status}")]
+    Status {
+        target: Target,
+        path: String,
+        status: u16,
+    },
+    #[error("{target}/version: not a version answer: {source}")]
+    NotVersion {
+        target: Target,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{target}/version reports release {found:?}, expected {expected:?}")]
+    WrongRelease {
+        target: Target,
+        found: String,
+        expected: String,
+    },
+    #[error("{target}/version reports model {found:?}, expected {expected:?}")]
+    WrongModel {
+        target: Target,
+        found: Option<String>,
+        expected: String,
+    },
+    /// The gate's deadline ran out; `last` is the last reason.
+    #[error("not healthy within {}s: {last}", .deadline.as_secs_f64())]
+    NotHealthy {
+        deadline: Duration,
+        last: Box<ProbeError>,
     },
 }
 
@@ -170,88 +231,84 @@ pub struct Version {
     pub model_version: Option<String>,
 }
 
-/// One HTTP/1.1 GET with `Connection: close`; returns status and body.
+/// Aborts the connection's task when the probe is done (or timed out).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One HTTP/1.1 GET with `Connection: close` (hyper's client connection); returns
+/// status and body (the body read up to 1 MiB).
 pub async fn get(t: Target, path: &str, timeout: Duration) -> Result<(u16, String), ProbeError> {
-    let fail = |why: String| ProbeError::Failed {
-        target: t.to_string(),
+    let http = |source: hyper::Error| ProbeError::Http {
+        target: t,
         path: path.to_string(),
-        why,
+        source,
     };
     let work = async {
-        let mut s = tokio::net::TcpStream::connect(t.addr)
+        let stream = tokio::net::TcpStream::connect(t.addr)
             .await
-            .map_err(|e| fail(format!("connect: {e}")))?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: deployer-health-gate\r\nConnection: close\r\n\r\n",
-            t.addr
-        );
-        s.write_all(req.as_bytes())
+            .map_err(|source| ProbeError::Connect {
+                target: t,
+                path: path.to_string(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| fail(format!("write: {e}")))?;
-        let mut buf = Vec::new();
-        s.take(1 << 20)
-            .read_to_end(&mut buf)
+            .map_err(http)?;
+        let _conn = AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("probe connection: {e}");
+            }
+        }));
+        // The request's parts are all fixed or checked (a path and a socket address).
+        let req = hyper::Request::get(path)
+            .header(HOST, t.addr.to_string())
+            .header(USER_AGENT, "deployer-health-gate")
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ProbeError::BadTarget {
+                target: format!("{t}{path}"),
+                why: e.to_string(),
+            })?;
+        let resp = sender.send_request(req).await.map_err(http)?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
             .await
-            .map_err(|e| fail(format!("read: {e}")))?;
-        parse_response(&buf).map_err(fail)
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(e) => http(*e),
+                Err(_) => ProbeError::TooLarge {
+                    target: t,
+                    path: path.to_string(),
+                },
+            })?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| fail(format!("no answer within {}ms", timeout.as_millis())))?
-}
-
-fn parse_response(buf: &[u8]) -> Result<(u16, String), String> {
-    let text = String::from_utf8_lossy(buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "incomplete HTTP answer".to_string())?;
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {:?}", head.lines().next()))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
-    }
-    out
+        .map_err(|_| ProbeError::Timeout {
+            target: t,
+            path: path.to_string(),
+            timeout,
+        })?
 }
 
 /// Reads `/version`.
 pub async fn version(t: Target, timeout: Duration) -> Result<Version, ProbeError> {
     let (status, body) = get(t, "/version", timeout).await?;
     if status != 200 {
-        return Err(ProbeError::Failed {
-            target: t.to_string(),
+        return Err(ProbeError::Status {
+            target: t,
             path: "/version".into(),
-            why: format!("HTTP {status}"),
+            status,
         });
     }
-    serde_json::from_str(&body).map_err(|e| ProbeError::Failed {
-        target: t.to_string(),
-        path: "/version".into(),
-        why: format!("not a version answer: {e}"),
-    })
+    serde_json::from_str(&body).map_err(|source| ProbeError::NotVersion { target: t, source })
 }
 
 /// Ready and reporting `release` (and `model`, when known)?
@@ -260,39 +317,44 @@ pub async fn check(
     release: &str,
     model: Option<&str>,
     timeout: Duration,
-) -> Result<Version, String> {
-    let (status, body) = get(t, "/readyz", timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Version, ProbeError> {
+    let (status, body) = get(t, "/readyz", timeout).await?;
     if status != 200 {
-        return Err(format!("{t}/readyz answered {status}: {}", body.trim()));
+        return Err(ProbeError::NotReady {
+            target: t,
+            status,
+            body: body.trim().to_string(),
+        });
     }
-    let v = version(t, timeout).await.map_err(|e| e.to_string())?;
+    let v = version(t, timeout).await?;
     if v.release != release {
-        return Err(format!(
-            "{t}/version reports release {:?}, expected {release:?}",
-            v.release
-        ));
+        return Err(ProbeError::WrongRelease {
+            target: t,
+            found: v.release,
+            expected: release.to_string(),
+        });
     }
     if let Some(m) = model
         && v.model_version.as_deref() != Some(m)
     {
-        return Err(format!(
-            "{t}/version reports model {:?}, expected {m:?}",
-            v.model_version
-        ));
+        return Err(ProbeError::WrongModel {
+            target: t,
+            found: v.model_version,
+            expected: m.to_string(),
+        });
     }
     Ok(v)
 }
 
-/// Polls [`check`] until it passes or `deadline` runs out; the error is the last reason.
+/// Polls [`check`] until it passes or `deadline` runs out; the error carries the last
+/// reason.
 pub async fn gate(
     t: Target,
     release: &str,
     model: Option<&str>,
     deadline: Duration,
     interval: Duration,
-) -> Result<Version, String> {
+) -> Result<Version, ProbeError> {
     let start = Instant::now();
     loop {
         let per_try = Duration::from_secs(5).min(deadline.max(Duration::from_millis(200)));
@@ -300,10 +362,10 @@ pub async fn gate(
             Ok(v) => return Ok(v),
             Err(why) => {
                 if start.elapsed() >= deadline {
-                    return Err(format!(
-                        "not healthy within {}s: {why}",
-                        deadline.as_secs_f64()
-                    ));
+                    return Err(ProbeError::NotHealthy {
+                        deadline,
+                        last: Box::new(why),
+                    });
                 }
                 tracing::debug!(%t, "not yet healthy: {why}");
             }
@@ -354,14 +416,68 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn parses_plain_and_chunked_answers() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+    /// One canned answer on a loopback socket, for `get` to read.
+    async fn answer_once(raw: &'static [u8]) -> Target {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(raw).await.unwrap();
+            s.shutdown().await.unwrap();
+        });
+        Target::new(addr, false).unwrap()
+    }
+
+    #[tokio::test]
+    async fn parses_plain_and_chunked_answers() {
+        let t = answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
+        let r = get(t, "/version", Duration::from_secs(5)).await.unwrap();
         assert_eq!(r, (200, "{}".into()));
-        let r = parse_response(
+        let t = answer_once(
             b"HTTP/1.1 503 X\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
         )
-        .unwrap();
+        .await;
+        let r = get(t, "/readyz", Duration::from_secs(5)).await.unwrap();
         assert_eq!(r, (503, "ab".into()));
+    }
+
+    #[tokio::test]
+    async fn failures_are_typed() {
+        let t = answer_once(b"HTTP/1.1 503 X\r\ncontent-length: 8\r\n\r\nloading\n").await;
+        let e = check(t, "r1", None, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ProbeError::NotReady { status: 503, body, .. } if body == "loading"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), format!("{t}/readyz answered 503: loading"));
+        let t = answer_once(b"not http at all\r\n\r\n").await;
+        let e = get(t, "/readyz", Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, ProbeError::Http { .. }), "{e:?}");
+        // Nothing listens on a port just released.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = Target::new(l.local_addr().unwrap(), false).unwrap();
+        drop(l);
+        let e = gate(
+            t,
+            "r1",
+            None,
+            Duration::from_millis(300),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, ProbeError::NotHealthy { last, .. } if matches!(**last, ProbeError::Connect { .. })),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("not healthy within 0.3s: "),
+            "{e}"
+        );
     }
 }

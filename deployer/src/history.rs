@@ -43,6 +43,21 @@ impl Entry {
     }
 }
 
+impl std::fmt::Display for Entry {
+    /// One line of `deployer history`: when, operation, who, outcome, what.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}  {:12} {:24} {}  {}",
+            self.at.format("%Y-%m-%d %H:%M:%S"),
+            self.operation,
+            self.who,
+            self.outcome,
+            self.what
+        )
+    }
+}
+
 /// The log of one state object.
 #[derive(Debug, Clone)]
 pub struct History {

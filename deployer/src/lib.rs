@@ -12,6 +12,16 @@
 //! * [`publish`] — release bundles in the artifact bucket; [`release`]: blue/green
 //!   deploy, rollback, status; [`health`]: the loopback-only health probes;
 //!   [`history`]: the append-only audit log; [`forwarder`]: the local Elastic IP.
+//!
+//! # Cargo features
+//!
+//! * `test-hooks` (off by default) — lets the environment stop or slow an apply for
+//!   the crash and lock tests: `DEPLOYER_FAULT=<point>` parks the process at that point
+//!   (e.g. `after-create:aws_subnet.main`, see [`engine::fault_point`]) and
+//!   `DEPLOYER_STEP_DELAY_MS` sleeps before every step. Without the feature neither
+//!   variable is read. This crate's tests enable it through a dev-dependency on the
+//!   crate itself, so the `deployer` binary `cargo test` builds has it and the one
+//!   `cargo build` (debug or `--release`) builds does not.
 
 pub mod aws;
 pub mod config;

@@ -94,11 +94,68 @@ pub struct ReleaseState {
 /// What the last release operation did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseEvent {
-    pub operation: String,
+    pub operation: ReleaseOperation,
     pub release: String,
     pub at: chrono::DateTime<chrono::Utc>,
-    /// `ok`, or `failed: <why>`.
-    pub outcome: String,
+    pub outcome: EventOutcome,
+}
+
+/// The release operations the state remembers (`"deploy"`, `"rollback"` in the JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseOperation {
+    Deploy,
+    Rollback,
+}
+
+impl std::fmt::Display for ReleaseOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReleaseOperation::Deploy => "deploy",
+            ReleaseOperation::Rollback => "rollback",
+        })
+    }
+}
+
+/// How a release operation ended. In the JSON (and on display) it is the text the
+/// state has always held: `ok`, or `failed: <why>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum EventOutcome {
+    Ok,
+    Failed(String),
+}
+
+const FAILED_PREFIX: &str = "failed: ";
+
+impl std::fmt::Display for EventOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventOutcome::Ok => f.write_str("ok"),
+            EventOutcome::Failed(why) => write!(f, "{FAILED_PREFIX}{why}"),
+        }
+    }
+}
+
+impl From<EventOutcome> for String {
+    fn from(o: EventOutcome) -> String {
+        o.to_string()
+    }
+}
+
+impl TryFrom<String> for EventOutcome {
+    type Error = String;
+    fn try_from(s: String) -> Result<EventOutcome, String> {
+        if s == "ok" {
+            return Ok(EventOutcome::Ok);
+        }
+        match s.strip_prefix(FAILED_PREFIX) {
+            Some(why) => Ok(EventOutcome::Failed(why.to_string())),
+            None => Err(format!(
+                "outcome {s:?} is neither \"ok\" nor \"{FAILED_PREFIX}<why>\""
+            )),
+        }
+    }
 }
 
 /// The whole state document.
@@ -274,4 +331,61 @@ pub fn random_id() -> String {
         &hex[16..20],
         &hex[20..32]
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A state written before the release events were enums still reads, and writes
+    /// back the same strings.
+    #[test]
+    fn release_events_read_and_write_the_old_strings() {
+        let old = r#"{
+  "format": 1,
+  "serial": 7,
+  "lineage": "0a1b2c3d-0000-1111-2222-333344445555",
+  "app": "churn-api",
+  "resources": {},
+  "release": {
+    "eip_holder": "blue",
+    "instances": {},
+    "last": {
+      "operation": "rollback",
+      "release": "r2",
+      "at": "2026-01-02T03:04:05Z",
+      "outcome": "failed: instance i-1 did not reach running: state None"
+    }
+  }
+}"#;
+        let st: State = serde_json::from_str(old).unwrap();
+        let last = st.release.last.clone().unwrap();
+        assert_eq!(last.operation, ReleaseOperation::Rollback);
+        assert_eq!(
+            last.outcome,
+            EventOutcome::Failed("instance i-1 did not reach running: state None".into())
+        );
+        let back: serde_json::Value = serde_json::to_value(&st).unwrap();
+        let orig: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(back, orig);
+
+        let ok: ReleaseEvent = serde_json::from_str(
+            r#"{"operation":"deploy","release":"r1","at":"2026-01-02T03:04:05Z","outcome":"ok"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.operation, ok.outcome.clone()),
+            (ReleaseOperation::Deploy, EventOutcome::Ok)
+        );
+        assert_eq!(serde_json::to_value(&ok).unwrap()["outcome"], "ok");
+        assert_eq!(serde_json::to_value(&ok).unwrap()["operation"], "deploy");
+        // Anything else is not an outcome the deployer ever wrote.
+        assert!(
+            serde_json::from_str::<ReleaseEvent>(
+                r#"{"operation":"deploy","release":"r1","at":"2026-01-02T03:04:05Z","outcome":"maybe"}"#,
+            )
+            .is_err()
+        );
+    }
 }

@@ -398,7 +398,7 @@ async fn a_release_that_never_gets_ready_or_reports_the_wrong_version_is_abandon
     assert!(!st.release.instances.contains_key(&Color::Green));
     assert_eq!(e.live_instances().await, vec![blue_id]);
     let last = st.release.last.unwrap();
-    assert!(last.outcome.starts_with("failed:"), "{last:?}");
+    assert!(last.outcome.to_string().starts_with("failed:"), "{last:?}");
 
     let h = e.history().await;
     let failed: Vec<_> = h

@@ -1,0 +1,402 @@
+//! `deploy`, step by step, and `retire`.
+//!
+//! [`Deployer::deploy_locked`] reads as the list of steps: check the probe target,
+//! replace the idle colour's old instance, launch, wait for running and gate on
+//! health (abandoning the new instance on failure), move the Elastic IP and record
+//! it, verify through the fixed address.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::InstanceStateName;
+use serde_json::json;
+
+use super::{Deployed, ReleaseError, ReleaseOptions, describe, failed, resource_id};
+use crate::health::{self, ProbeError};
+use crate::history::Entry;
+use crate::instances::{self, LaunchSpec};
+use crate::publish::{self, Manifest};
+use crate::stack::Kind;
+use crate::state::{
+    Color, EventOutcome, InstanceRecord, ReleaseEvent, ReleaseOperation, State, StateStore,
+};
+use crate::{Deployer, Error, LockOptions};
+
+/// The shared resources a release instance is launched into.
+struct StackIds {
+    subnet: String,
+    security_group: String,
+    instance_profile: String,
+    allocation: String,
+}
+
+impl StackIds {
+    fn of(state: &State) -> Result<StackIds, ReleaseError> {
+        Ok(StackIds {
+            subnet: resource_id(state, Kind::Subnet)?,
+            security_group: resource_id(state, Kind::SecurityGroup)?,
+            instance_profile: resource_id(state, Kind::InstanceProfile)?,
+            allocation: resource_id(state, Kind::Eip)?,
+        })
+    }
+}
+
+/// One deploy under the lock: what it was given and the state it keeps writing.
+struct Run<'a> {
+    d: &'a Deployer,
+    release: &'a str,
+    opts: &'a ReleaseOptions,
+    store: StateStore,
+    state: State,
+    ids: StackIds,
+    manifest: Manifest,
+    /// The colour holding the Elastic IP before the deploy.
+    active: Option<Color>,
+    /// The colour the release goes to.
+    idle: Color,
+}
+
+async fn wait_running(
+    clients: &crate::aws::Clients,
+    id: &str,
+    deadline: Duration,
+) -> Result<Option<std::net::IpAddr>, Error> {
+    let start = Instant::now();
+    loop {
+        match describe(clients, id).await? {
+            Some(d) if d.is_running() => return Ok(d.public_ip),
+            Some(d) if d.state == InstanceStateName::Pending => {}
+            other => {
+                return Err(ReleaseError::NotRunning {
+                    id: id.into(),
+                    why: format!("state {:?}", other.map(|o| o.state.as_str().to_string())),
+                }
+                .into());
+            }
+        }
+        if start.elapsed() > deadline {
+            return Err(ReleaseError::NotRunning {
+                id: id.into(),
+                why: format!("still pending after {}s", deadline.as_secs()),
+            }
+            .into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl Run<'_> {
+    /// The probe target is checked before anything is launched.
+    fn check_target(&self) -> Result<(), Error> {
+        let idle = self.idle;
+        if let Some(t) = self.opts.endpoints.colors.get(&idle) {
+            tracing::info!(color = %idle, target = %t, "health gate target (override)");
+        } else if !self.opts.endpoints.allow_public {
+            return Err(ReleaseError::Probe(ProbeError::NotLoopback {
+                target: format!("the {idle} instance's own address"),
+            })
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The idle colour may still hold the previous release in its window: a new
+    /// deploy replaces it.
+    async fn replace_idle(&mut self) -> Result<(), Error> {
+        let idle = self.idle;
+        if let Some(old) = self.state.release.instances.get(&idle).cloned() {
+            tracing::info!(color = %idle, instance = %old.instance_id, "replacing the idle colour's instance");
+            instances::terminate(&self.d.clients, &old.instance_id, Duration::from_secs(600))
+                .await?;
+            self.state.release.instances.remove(&idle);
+            self.store.write(&mut self.state).await?;
+        }
+        Ok(())
+    }
+
+    /// Launches the idle colour's instance and records it. Returns its id.
+    async fn launch(&mut self) -> Result<String, Error> {
+        let (d, idle, release) = (self.d, self.idle, self.release);
+        let ami = instances::resolve_ami(&d.clients, &d.cfg.ami.selector()).await?;
+        let user_data = d.user_data(&self.manifest, self.opts.url_lifetime).await?;
+        let id = instances::launch_instance(
+            &d.clients,
+            &LaunchSpec {
+                cfg: &d.cfg,
+                ami: &ami,
+                subnet_id: &self.ids.subnet,
+                security_group_id: &self.ids.security_group,
+                instance_profile: &self.ids.instance_profile,
+                user_data: &user_data,
+                color: idle,
+                release,
+            },
+        )
+        .await?;
+        tracing::info!(color = %idle, instance = %id, release, "launched");
+        self.state.release.instances.insert(
+            idle,
+            InstanceRecord {
+                instance_id: id.clone(),
+                release: release.to_string(),
+                ami: ami.id.clone(),
+                launched_at: chrono::Utc::now(),
+                model_version: self.manifest.model_version.clone(),
+                retire_after: None,
+            },
+        );
+        self.store.write(&mut self.state).await?;
+        Ok(id)
+    }
+
+    /// Everything up to the move: running, healthy, and the address still where the
+    /// state says.
+    async fn wait_and_gate(&self, id: &str) -> Result<(), Error> {
+        let opts = self.opts;
+        let ip = wait_running(
+            &self.d.clients,
+            id,
+            opts.health_deadline.max(Duration::from_secs(60)),
+        )
+        .await?;
+        let target = opts
+            .endpoints
+            .for_color(self.idle, ip, self.d.cfg.api_port)
+            .map_err(ReleaseError::from)?;
+        tracing::info!(%target, "health gate: waiting for readiness and version");
+        health::gate(
+            target,
+            self.release,
+            self.manifest.model_version.as_deref(),
+            opts.health_deadline,
+            opts.probe_interval,
+        )
+        .await
+        .map_err(ReleaseError::from)?;
+        tracing::info!("health gate passed");
+        self.d.guard_eip(&self.state, &self.ids.allocation).await
+    }
+
+    /// A failure before the move: the new instance goes, the old colour keeps the
+    /// address. Returns the error to report.
+    async fn abandon(&mut self, id: String, e: Error) -> Error {
+        let why = match &e {
+            Error::Release(ReleaseError::NotRunning { why, .. }) => why.clone(),
+            other => other.to_string(),
+        };
+        tracing::warn!("abandoning {}: {why}", self.release);
+        let kept = match self
+            .active
+            .and_then(|c| self.state.release.instances.get(&c))
+        {
+            Some(r) => format!("{} ({}) keeps the Elastic IP", r.instance_id, r.release),
+            None => "no instance holds the Elastic IP".into(),
+        };
+        let term = instances::terminate(&self.d.clients, &id, Duration::from_secs(600)).await;
+        self.state.release.instances.remove(&self.idle);
+        self.state.release.last = Some(ReleaseEvent {
+            operation: ReleaseOperation::Deploy,
+            release: self.release.into(),
+            at: chrono::Utc::now(),
+            outcome: EventOutcome::Failed(why.clone()),
+        });
+        if let Err(e) = self.store.write(&mut self.state).await {
+            return e.into();
+        }
+        if let Err(e) = term {
+            return e.into();
+        }
+        ReleaseError::Abandoned {
+            release: self.release.into(),
+            color: self.idle,
+            instance: id,
+            why,
+            kept,
+        }
+        .into()
+    }
+
+    /// Moves the Elastic IP to `id`, starts the old colour's rollback window and
+    /// records the deploy. Returns the colour that held the address before.
+    async fn move_and_record(&mut self, id: &str) -> Result<Option<(Color, String)>, Error> {
+        self.d.move_eip(&self.ids.allocation, id).await?;
+        let release = &mut self.state.release;
+        let previous = self.active.and_then(|c| {
+            release
+                .instances
+                .get(&c)
+                .map(|r| (c, r.instance_id.clone()))
+        });
+        release.eip_holder = Some(self.idle);
+        if let Some(a) = self.active
+            && let Some(r) = release.instances.get_mut(&a)
+        {
+            r.retire_after = Some(chrono::Utc::now() + self.opts.rollback_window);
+        }
+        release.last = Some(ReleaseEvent {
+            operation: ReleaseOperation::Deploy,
+            release: self.release.into(),
+            at: chrono::Utc::now(),
+            outcome: EventOutcome::Ok,
+        });
+        self.store.write(&mut self.state).await?;
+        tracing::info!(color = %self.idle, instance = %id, "the Elastic IP moved");
+        Ok(previous)
+    }
+}
+
+impl Deployer {
+    /// `deploy --release`: see the module documentation.
+    pub async fn deploy(&self, release: &str, opts: &ReleaseOptions) -> Result<Deployed, Error> {
+        let lock = LockOptions {
+            enabled: true,
+            timeout: opts.lock_timeout,
+        };
+        let result = self
+            .locked("deploy", lock, async |_| {
+                self.deploy_locked(release, opts).await
+            })
+            .await;
+        let what = json!({ "release": release });
+        match &result {
+            Ok(d) => {
+                self.history()
+                    .record(Entry::new(
+                        "deploy",
+                        json!({ "release": release, "color": d.color, "instance": d.instance_id,
+                                "previous": d.previous.as_ref().map(|p| json!({"color": p.0, "instance": p.1})) }),
+                        "ok",
+                    ))
+                    .await
+            }
+            Err(e) => {
+                self.history()
+                    .record(Entry::new("deploy", what, failed(&e.to_string())))
+                    .await
+            }
+        }
+        let d = result?;
+        if opts.wait_window && d.previous.is_some() {
+            tracing::info!(
+                "keeping the previous colour for the rollback window ({}s)",
+                opts.rollback_window.as_secs_f64()
+            );
+            tokio::time::sleep(opts.rollback_window).await;
+            let retired = self
+                .retire(opts.lock_timeout.max(Duration::from_secs(30)))
+                .await?;
+            return Ok(Deployed { retired, ..d });
+        }
+        Ok(d)
+    }
+
+    async fn deploy_locked(&self, release: &str, opts: &ReleaseOptions) -> Result<Deployed, Error> {
+        let store = self.store();
+        let state = store.read(&self.cfg.app).await?;
+        let ids = StackIds::of(&state)?;
+        let manifest = publish::read_manifest(&self.clients, &self.cfg.artifacts.bucket, release)
+            .await
+            .map_err(ReleaseError::from)?;
+        let active = state.release.eip_holder;
+        let mut run = Run {
+            d: self,
+            release,
+            opts,
+            store,
+            state,
+            ids,
+            manifest,
+            active,
+            idle: active.map(Color::other).unwrap_or(Color::Blue),
+        };
+        run.check_target()?;
+        run.replace_idle().await?;
+        let id = run.launch().await?;
+        if let Err(e) = run.wait_and_gate(&id).await {
+            return Err(run.abandon(id, e).await);
+        }
+        let previous = run.move_and_record(&id).await?;
+        self.verify_fixed(
+            &run.ids.allocation,
+            release,
+            run.manifest.model_version.as_deref(),
+            opts,
+        )
+        .await?;
+        Ok(Deployed {
+            release: release.into(),
+            color: run.idle,
+            instance_id: id,
+            previous,
+            retired: Vec::new(),
+        })
+    }
+
+    /// Terminates every colour whose rollback window is over. Returns their ids.
+    pub async fn retire(&self, lock_timeout: Duration) -> Result<Vec<String>, Error> {
+        let lock = LockOptions {
+            enabled: true,
+            timeout: lock_timeout,
+        };
+        let retired = self
+            .locked("retire", lock, async |_| {
+                let store = self.store();
+                let mut state = store.read(&self.cfg.app).await?;
+                let now = chrono::Utc::now();
+                let due: Vec<(Color, String)> = state
+                    .release
+                    .instances
+                    .iter()
+                    .filter(|(c, r)| {
+                        Some(**c) != state.release.eip_holder
+                            && r.retire_after.is_some_and(|t| t <= now)
+                    })
+                    .map(|(c, r)| (*c, r.instance_id.clone()))
+                    .collect();
+                for (c, id) in &due {
+                    tracing::info!(color = %c, instance = %id, "rollback window over: terminating");
+                    instances::terminate(&self.clients, id, Duration::from_secs(600)).await?;
+                    state.release.instances.remove(c);
+                    store.write(&mut state).await?;
+                }
+                Ok(due.into_iter().map(|d| d.1).collect::<Vec<_>>())
+            })
+            .await?;
+        if !retired.is_empty() {
+            self.history()
+                .record(Entry::new("retire", json!({ "instances": retired }), "ok"))
+                .await;
+        }
+        Ok(retired)
+    }
+}
+
+/// What `deploy --release` would do from `state`, in plan language (for
+/// `deployer plan --release`).
+pub fn cutover_preview(state: &State, release: &str, opts: &ReleaseOptions) -> String {
+    let active = state.release.eip_holder;
+    let idle = active.map(Color::other).unwrap_or(Color::Blue);
+    let mut out = String::from("\nBlue/green cutover for release ");
+    out.push_str(release);
+    out.push_str(":\n");
+    if let Some(old) = state.release.instances.get(&idle) {
+        out.push_str(&format!(
+            "  - aws_instance.{idle} ({}, release {}): replaced, it is the idle colour\n",
+            old.instance_id, old.release
+        ));
+    }
+    out.push_str(&format!(
+        "  + aws_instance.{idle}: release {release}\n  ? health gate: /readyz ready and /version reporting {release} and the manifest's model, within {}s\n",
+        opts.health_deadline.as_secs()
+    ));
+    match active.and_then(|c| state.release.instances.get(&c).map(|r| (c, r))) {
+        Some((c, r)) => out.push_str(&format!(
+            "  ~ aws_eip.api: {c} ({}, release {}) -> {idle} (new instance)\n  - aws_instance.{c} ({}): terminated after the {}s rollback window\n",
+            r.instance_id,
+            r.release,
+            r.instance_id,
+            opts.rollback_window.as_secs()
+        )),
+        None => out.push_str(&format!("  ~ aws_eip.api: (none) -> {idle} (new instance)\n")),
+    }
+    out
+}

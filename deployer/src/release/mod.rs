@@ -1,0 +1,302 @@
+//! Blue/green releases: `deploy`, `rollback`, `status`, and retiring the old colour
+//! after the rollback window.
+//!
+//! deploy: idle colour ← new instance → running → health gate (readiness + version
+//! report the expected release and model, within a deadline) → guarded Elastic IP move
+//! (DescribeAddresses must show it where the state says; AssociateAddress with
+//! AllowReassociation=true) → verify through the fixed address → keep the old colour
+//! until `retire_after`, then terminate it. Any failure before the move terminates the
+//! new instance and leaves the old one holding the address.
+//!
+//! * this file — the types, the options, the errors, and the Elastic IP steps deploy
+//!   and rollback share (guard, move, verify through the fixed address);
+//! * [`deploy`](self::deploy) — `deploy` step by step, `retire`, the plan's cutover preview;
+//! * [`rollback`](self::rollback) — `rollback`;
+//! * [`status`](self::status) — `status` and its rendering;
+//! * [`userdata`](self::userdata) — the boot script and the values that go into it.
+
+mod deploy;
+mod rollback;
+mod status;
+mod userdata;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::InstanceStateName;
+
+use crate::aws::{AwsError, Clients};
+use crate::health::{self, Endpoints, ProbeError};
+use crate::history::History;
+use crate::publish::PublishError;
+use crate::stack::Kind;
+use crate::state::{Color, State};
+use crate::{Deployer, Error};
+
+pub use deploy::cutover_preview;
+pub use status::{ColorStatus, Status};
+pub use userdata::{BOOT_TEMPLATE, BootValues, UNIT_TEMPLATE, render_user_data};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("{0} is not in the state: run `deployer apply` first")]
+    NoStack(String),
+    #[error(
+        "the Elastic IP {allocation} is attached to {actual}, but the state says {expected}: it was moved outside the deployer; refusing to move it"
+    )]
+    EipMoved {
+        allocation: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("release {release} abandoned on {color} ({instance}): {why}; {kept}")]
+    Abandoned {
+        release: String,
+        color: Color,
+        instance: String,
+        why: String,
+        kept: String,
+    },
+    #[error(
+        "release {release} took the Elastic IP but does not answer through the fixed address: {why}; run `deployer rollback`"
+    )]
+    NotVerified { release: String, why: ProbeError },
+    #[error(
+        "release {release} took the Elastic IP but does not answer through the fixed address: the Elastic IP has no public address; run `deployer rollback`"
+    )]
+    NoPublicAddress { release: String },
+    #[error("nothing to roll back to: {0}")]
+    NoRollback(String),
+    #[error("instance {id} did not reach running: {why}")]
+    NotRunning { id: String, why: String },
+    #[error("{what} {value:?} cannot go into user data")]
+    BadValue { what: &'static str, value: String },
+}
+
+/// How a release operation runs.
+#[derive(Debug, Clone)]
+pub struct ReleaseOptions {
+    pub endpoints: Endpoints,
+    /// How long the new colour has to become healthy (also: through the fixed address).
+    pub health_deadline: Duration,
+    pub probe_interval: Duration,
+    /// How long the old colour stays alive for a rollback.
+    pub rollback_window: Duration,
+    /// Wait out the window and terminate the old colour before returning.
+    pub wait_window: bool,
+    pub lock_timeout: Duration,
+    /// How long presigned download URLs in user data stay valid.
+    pub url_lifetime: Duration,
+}
+
+impl Default for ReleaseOptions {
+    fn default() -> Self {
+        ReleaseOptions {
+            endpoints: Endpoints::default(),
+            health_deadline: Duration::from_secs(300),
+            probe_interval: Duration::from_secs(2),
+            rollback_window: Duration::from_secs(600),
+            wait_window: true,
+            lock_timeout: Duration::ZERO,
+            url_lifetime: Duration::from_secs(900),
+        }
+    }
+}
+
+/// What a deploy or rollback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployed {
+    pub release: String,
+    pub color: Color,
+    pub instance_id: String,
+    /// The colour that held the address before, kept for the window.
+    pub previous: Option<(Color, String)>,
+    /// Terminated after the window (when waited for).
+    pub retired: Vec<String>,
+}
+
+/// One instance as DescribeInstances shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// Its state (`InstanceStateName::Unknown("")` if EC2 reported none).
+    pub state: InstanceStateName,
+    pub public_ip: Option<IpAddr>,
+}
+
+impl Described {
+    pub fn is_running(&self) -> bool {
+        self.state == InstanceStateName::Running
+    }
+}
+
+fn resource_id(state: &State, kind: Kind) -> Result<String, ReleaseError> {
+    let addr = kind.address();
+    state
+        .resources
+        .get(&addr)
+        .map(|r| r.id.clone())
+        .ok_or(ReleaseError::NoStack(addr))
+}
+
+/// The Elastic IP as DescribeAddresses reports it: (public IP, holding instance).
+pub async fn eip_holder(
+    clients: &Clients,
+    allocation: &str,
+) -> Result<(Option<String>, Option<String>), AwsError> {
+    let out = clients
+        .ec2
+        .describe_addresses()
+        .allocation_ids(allocation)
+        .send()
+        .await
+        .map_err(|e| AwsError::new("aws_eip.api", "DescribeAddresses", e))?;
+    let Some(a) = out.addresses().first() else {
+        return Err(AwsError::other(
+            "aws_eip.api",
+            "DescribeAddresses",
+            format!("no address {allocation}"),
+        ));
+    };
+    Ok((
+        a.public_ip().map(str::to_string),
+        a.instance_id()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+    ))
+}
+
+/// State and public IP of one instance (`None`: gone).
+pub async fn describe(clients: &Clients, id: &str) -> Result<Option<Described>, AwsError> {
+    let res = clients
+        .ec2
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await;
+    let out = match res {
+        Ok(o) => o,
+        Err(e) if crate::stack::is_not_found(crate::aws::code_of(&e)) => return Ok(None),
+        Err(e) => {
+            return Err(AwsError::new(
+                format!("aws_instance ({id})"),
+                "DescribeInstances",
+                e,
+            ));
+        }
+    };
+    Ok(out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .map(|i| Described {
+            state: i
+                .state()
+                .and_then(|s| s.name())
+                .cloned()
+                .unwrap_or_else(|| InstanceStateName::from("")),
+            public_ip: i.public_ip_address().and_then(|p| p.parse().ok()),
+        }))
+}
+
+/// The audit log's outcome text for a failure.
+fn failed(why: &str) -> String {
+    format!("failed: {why}")
+}
+
+impl Deployer {
+    pub fn history(&self) -> History {
+        History::new(&self.clients, &self.cfg.state.bucket, &self.cfg.state.key)
+    }
+
+    /// After a move: the service answers through the Elastic IP (locally: the fixed
+    /// endpoint) with `release` and `model`.
+    async fn verify_fixed(
+        &self,
+        allocation: &str,
+        release: &str,
+        model: Option<&str>,
+        opts: &ReleaseOptions,
+    ) -> Result<(), Error> {
+        let fixed = match opts.endpoints.fixed {
+            Some(f) => f,
+            // Production: the Elastic IP itself, on the API port.
+            None if opts.endpoints.allow_public => {
+                let (ip, _) = eip_holder(&self.clients, allocation).await?;
+                let Some(ip) = ip.and_then(|i| i.parse::<IpAddr>().ok()) else {
+                    return Err(ReleaseError::NoPublicAddress {
+                        release: release.into(),
+                    }
+                    .into());
+                };
+                health::Target::new(std::net::SocketAddr::new(ip, self.cfg.api_port), true)
+                    .map_err(ReleaseError::from)?
+            }
+            None => {
+                tracing::warn!(
+                    "no fixed endpoint given (--fixed-endpoint): not verifying through the Elastic IP"
+                );
+                return Ok(());
+            }
+        };
+        health::gate(
+            fixed,
+            release,
+            model,
+            opts.health_deadline,
+            opts.probe_interval,
+        )
+        .await
+        .map_err(|why| ReleaseError::NotVerified {
+            release: release.into(),
+            why,
+        })?;
+        tracing::info!(%fixed, "verified through the fixed address");
+        Ok(())
+    }
+
+    /// The address must be where the state says (or nowhere, before the first deploy).
+    async fn guard_eip(&self, state: &State, allocation: &str) -> Result<(), Error> {
+        let (_, actual) = eip_holder(&self.clients, allocation).await?;
+        let expected = state
+            .release
+            .eip_holder
+            .and_then(|c| state.release.instances.get(&c))
+            .map(|r| r.instance_id.clone());
+        if actual != expected {
+            return Err(ReleaseError::EipMoved {
+                allocation: allocation.into(),
+                expected: expected.unwrap_or_else(|| "no instance".into()),
+                actual: actual.unwrap_or_else(|| "no instance".into()),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn move_eip(&self, allocation: &str, instance: &str) -> Result<(), Error> {
+        self.clients
+            .ec2
+            .associate_address()
+            .allocation_id(allocation)
+            .instance_id(instance)
+            .allow_reassociation(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::new("aws_eip.api", "AssociateAddress", e))?;
+        let (_, now) = eip_holder(&self.clients, allocation).await?;
+        if now.as_deref() != Some(instance) {
+            return Err(AwsError::other(
+                "aws_eip.api",
+                "AssociateAddress",
+                format!("DescribeAddresses shows {now:?} after moving it to {instance}"),
+            )
+            .into());
+        }
+        Ok(())
+    }
+}

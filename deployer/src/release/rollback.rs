@@ -1,0 +1,140 @@
+//! `rollback`: the address back to the previous colour if it is alive and healthy,
+//! else a redeploy of the previous release.
+
+use serde_json::json;
+
+use super::{Deployed, ReleaseError, ReleaseOptions, describe, failed, resource_id};
+use crate::health;
+use crate::history::Entry;
+use crate::stack::Kind;
+use crate::state::{EventOutcome, ReleaseEvent, ReleaseOperation};
+use crate::{Deployer, Error, LockOptions};
+
+/// What the locked part decided.
+enum Next {
+    Done(Deployed),
+    /// The previous colour is not usable: deploy its release again (release, why).
+    Redeploy(String, String),
+}
+
+impl Deployer {
+    /// `rollback`: the address back to the previous colour if it is alive and healthy,
+    /// else a redeploy of the previous release.
+    pub async fn rollback(&self, opts: &ReleaseOptions) -> Result<Deployed, Error> {
+        let lock = LockOptions {
+            enabled: true,
+            timeout: opts.lock_timeout,
+        };
+        let result = self
+            .locked("rollback", lock, async |_| self.rollback_locked(opts).await)
+            .await;
+        match result {
+            Ok(Next::Done(d)) => {
+                self.history()
+                    .record(Entry::new(
+                        "rollback",
+                        json!({ "release": d.release, "color": d.color, "instance": d.instance_id, "how": "eip-moved-back" }),
+                        "ok",
+                    ))
+                    .await;
+                Ok(d)
+            }
+            Ok(Next::Redeploy(release, why)) => {
+                self.history()
+                    .record(Entry::new(
+                        "rollback",
+                        json!({ "release": release, "how": "redeploy", "because": why }),
+                        "ok: redeploying",
+                    ))
+                    .await;
+                self.deploy(&release, opts).await
+            }
+            Err(e) => {
+                self.history()
+                    .record(Entry::new("rollback", json!({}), failed(&e.to_string())))
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn rollback_locked(&self, opts: &ReleaseOptions) -> Result<Next, Error> {
+        let store = self.store();
+        let mut state = store.read(&self.cfg.app).await?;
+        let allocation = resource_id(&state, Kind::Eip)?;
+        let Some(active) = state.release.eip_holder else {
+            return Err(ReleaseError::NoRollback("no colour holds the Elastic IP".into()).into());
+        };
+        let prev = active.other();
+        let Some(rec) = state.release.instances.get(&prev).cloned() else {
+            return Err(ReleaseError::NoRollback(format!(
+                "the {prev} colour has no instance (its window is over); deploy the release you want instead"
+            ))
+            .into());
+        };
+        let alive = describe(&self.clients, &rec.instance_id).await?;
+        let healthy = match &alive {
+            Some(d) if d.is_running() => {
+                match opts
+                    .endpoints
+                    .for_color(prev, d.public_ip, self.cfg.api_port)
+                {
+                    Ok(t) => health::gate(
+                        t,
+                        &rec.release,
+                        rec.model_version.as_deref(),
+                        opts.health_deadline,
+                        opts.probe_interval,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            other => Err(format!(
+                "instance state {:?}",
+                other.as_ref().map(|o| o.state.as_str())
+            )),
+        };
+        if let Err(why) = healthy {
+            tracing::warn!(color = %prev, "previous colour not usable ({why}): redeploying {}", rec.release);
+            return Ok(Next::Redeploy(rec.release.clone(), why));
+        }
+        self.guard_eip(&state, &allocation).await?;
+        self.move_eip(&allocation, &rec.instance_id).await?;
+        let current = state
+            .release
+            .instances
+            .get(&active)
+            .map(|r| r.instance_id.clone());
+        state.release.eip_holder = Some(prev);
+        if let Some(r) = state.release.instances.get_mut(&prev) {
+            r.retire_after = None;
+        }
+        if let Some(r) = state.release.instances.get_mut(&active) {
+            r.retire_after = Some(chrono::Utc::now() + opts.rollback_window);
+        }
+        state.release.last = Some(ReleaseEvent {
+            operation: ReleaseOperation::Rollback,
+            release: rec.release.clone(),
+            at: chrono::Utc::now(),
+            outcome: EventOutcome::Ok,
+        });
+        store.write(&mut state).await?;
+        self.verify_fixed(
+            &allocation,
+            &rec.release,
+            rec.model_version.as_deref(),
+            opts,
+        )
+        .await?;
+        Ok(Next::Done(Deployed {
+            release: rec.release,
+            color: prev,
+            instance_id: rec.instance_id,
+            previous: current.map(|c| (active, c)),
+            retired: Vec::new(),
+        }))
+    }
+}

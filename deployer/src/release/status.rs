@@ -1,0 +1,149 @@
+//! `status`: the state, DescribeAddresses and a probe of each colour, and how it is
+//! shown.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::{describe, eip_holder};
+use crate::health::{self, Endpoints};
+use crate::stack::Kind;
+use crate::state::{Color, ReleaseEvent};
+use crate::{Deployer, Error};
+
+/// One colour in `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ColorStatus {
+    pub color: Color,
+    pub instance_id: String,
+    pub release: String,
+    pub model_version: Option<String>,
+    /// The EC2 instance state (`running`, `pending`, ...), or `gone`.
+    pub state: String,
+    /// `healthy`, or why not (or why it was not probed).
+    pub health: String,
+    pub retire_after: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub active: Option<Color>,
+    pub eip_public_ip: Option<String>,
+    /// The instance DescribeAddresses shows holding the address.
+    pub eip_instance: Option<String>,
+    /// Its colour, when it is one of ours.
+    pub eip_color: Option<Color>,
+    pub colors: Vec<ColorStatus>,
+    pub last: Option<ReleaseEvent>,
+}
+
+impl fmt::Display for ColorStatus {
+    /// One line: `  blue  i-… release R model M [running] healthy (retires after T)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "  {:5} {} release {} model {} [{}] {}",
+            self.color.to_string(),
+            self.instance_id,
+            self.release,
+            self.model_version.as_deref().unwrap_or("-"),
+            self.state,
+            self.health,
+        )?;
+        if let Some(t) = self.retire_after {
+            write!(f, " (retires after {t})")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Status {
+    /// The human-readable `deployer status`, one line per fact (no final newline).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "Active colour: {}",
+            self.active
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "none".into())
+        )?;
+        write!(
+            f,
+            "Elastic IP {} -> {} ({})",
+            self.eip_public_ip.as_deref().unwrap_or("-"),
+            self.eip_instance.as_deref().unwrap_or("no instance"),
+            self.eip_color
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "not one of ours".into())
+        )?;
+        for c in &self.colors {
+            write!(f, "\n{c}")?;
+        }
+        if let Some(l) = &self.last {
+            write!(
+                f,
+                "\nLast: {} {} at {}: {}",
+                l.operation, l.release, l.at, l.outcome
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Deployer {
+    /// `status`: the state, DescribeAddresses and a probe of each colour.
+    pub async fn status(&self, endpoints: &Endpoints) -> Result<Status, Error> {
+        let state = self.read_state().await?;
+        let (eip_public_ip, eip_instance) = match state.resources.get(&Kind::Eip.address()) {
+            Some(r) => eip_holder(&self.clients, &r.id).await?,
+            None => (None, None),
+        };
+        let mut colors = Vec::new();
+        let mut eip_color = None;
+        for (c, r) in &state.release.instances {
+            if eip_instance.as_deref() == Some(r.instance_id.as_str()) {
+                eip_color = Some(*c);
+            }
+            let d = describe(&self.clients, &r.instance_id).await?;
+            let health = match &d {
+                Some(d) if d.is_running() => {
+                    match endpoints.for_color(*c, d.public_ip, self.cfg.api_port) {
+                        Ok(t) => match health::check(
+                            t,
+                            &r.release,
+                            r.model_version.as_deref(),
+                            Duration::from_secs(3),
+                        )
+                        .await
+                        {
+                            Ok(_) => "healthy".to_string(),
+                            Err(why) => why.to_string(),
+                        },
+                        Err(e) => format!("not probed: {e}"),
+                    }
+                }
+                Some(d) => format!("not running ({})", d.state.as_str()),
+                None => "gone".into(),
+            };
+            colors.push(ColorStatus {
+                color: *c,
+                instance_id: r.instance_id.clone(),
+                release: r.release.clone(),
+                model_version: r.model_version.clone(),
+                state: d
+                    .map(|d| d.state.as_str().to_string())
+                    .unwrap_or_else(|| "gone".into()),
+                health,
+                retire_after: r.retire_after,
+            });
+        }
+        Ok(Status {
+            active: state.release.eip_holder,
+            eip_public_ip,
+            eip_instance,
+            eip_color,
+            colors,
+            last: state.release.last,
+        })
+    }
+}
