@@ -5,145 +5,35 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::{Setup, path_str, setup};
 use deployer::state::Color;
-use model::classifier::{Classifier, Logistic};
-use model::{Artifact, ArtifactSpec, FeatureEncoding, Features, Model};
 
-/// The `server` binary of the same target directory as this test (built if missing).
+/// The `server` binary, built by cargo next to this test (`harness::workspace_bin`).
 fn server_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            // target/debug/deps/bluegreen-<hash> -> target/debug/server
-            let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-            let bin = dir.join("server");
-            if !bin.exists() {
-                let st = Command::new(env!("CARGO"))
-                    .args(["build", "-p", "server", "--bin", "server"])
-                    .current_dir(harness::repo_root())
-                    .status()
-                    .unwrap();
-                assert!(st.success(), "building the server");
-            }
-            assert!(bin.exists(), "no server binary at {}", bin.display());
-            bin
-        })
-        .clone()
+    harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A model artifact directory (promoted as `latest`); returns (dir, version).
-fn model_dir() -> (tempfile::TempDir, String) {
-    let mut train = Vec::new();
-    for (i, b) in ["a", "b", "c", "d"].iter().enumerate() {
-        for k in 0..5 {
-            train.push(Features {
-                attr_a: (i + k) as i64 % 3,
-                attr_b: (*b).into(),
-                scd_a: 0.1 * (k as f64) + 0.2 * i as f64,
-                scd_b: (k as i64) + 1,
-            });
-        }
-    }
-    let enc = FeatureEncoding::fit(&train).unwrap();
-    let w = enc.width();
-    let m = Model::new(
-        enc,
-        Classifier::LogisticRegression(Logistic {
-            weights: (0..w).map(|i| 0.3 - 0.1 * i as f64).collect(),
-            intercept: 0.1,
-        }),
-        0.5,
+/// A real server process on a free loopback port, reporting `release`; killed on drop.
+fn serve(model: &Path, release: &str) -> harness::ServerProcess {
+    harness::ServerProcess::start(
+        &server_bin(),
+        &["--model", path_str(model), "--release", release],
+        &[],
     )
-    .unwrap();
-    let mut metrics = serde_json::Map::new();
-    metrics.insert("roc_auc".into(), serde_json::json!(0.8));
-    let a = Artifact::new(ArtifactSpec {
-        model: m,
-        code_version: "deployer-tests".into(),
-        training_data: "sha256:00".into(),
-        metrics,
-        extra_files: Default::default(),
-        created: UNIX_EPOCH + Duration::from_secs(1_795_539_600),
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    a.save(dir.path()).unwrap();
-    model::artifact::promote(dir.path(), a.version()).unwrap();
-    (dir, a.version().to_string())
-}
-
-/// A real server process on a free loopback port; killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(model: &Path, release: &str) -> Server {
-        let port = harness::free_port();
-        let child = Command::new(server_bin())
-            .args(["--model", path_str(model)])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--release", release, "--log-format", "text"])
-            .env_remove("SERVER_ADMIN_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut s = Server { child, port };
-        let start = Instant::now();
-        while get(port, "/healthz").is_none() {
-            assert!(s.child.try_wait().unwrap().is_none(), "server exited");
-            assert!(start.elapsed() < Duration::from_secs(30), "server not up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// GET on loopback, one connection per request; the body on 200.
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn release_at(port: u16) -> Option<String> {
-    let body = get(port, "/version")?;
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v["release"].as_str().map(String::from)
+    let r = harness::http::get(port, "/version").ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    r.json().ok()?["release"].as_str().map(String::from)
 }
 
 /// An applied stack, an artifact bucket, published releases, a model.
@@ -155,7 +45,7 @@ struct Env {
 
 async fn env(releases: &[&str]) -> Env {
     let s = setup(harness::moto());
-    let (model, model_version) = model_dir();
+    let (model, model_version) = harness::artifact::promoted_dir();
     let s2 = Setup {
         moto: s.moto,
         dir: s.dir.clone(),
@@ -269,8 +159,8 @@ fn deploy_args(release: &str, blue: &str, green: &str, extra: &[&str]) -> Vec<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_deploy_moves_the_eip_and_the_old_colour_is_terminated_after_the_window() {
     let e = env(&["r1", "r2"]).await;
-    let blue = Server::start(e.model.path(), "r1");
-    let green = Server::start(e.model.path(), "r2");
+    let blue = serve(e.model.path(), "r1");
+    let green = serve(e.model.path(), "r2");
 
     let first = e
         .run(deploy_args(
@@ -348,7 +238,7 @@ async fn good_deploy_moves_the_eip_and_the_old_colour_is_terminated_after_the_wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_never_gets_ready_or_reports_the_wrong_version_is_abandoned() {
     let e = env(&["r1", "r2"]).await;
-    let blue = Server::start(e.model.path(), "r1");
+    let blue = serve(e.model.path(), "r1");
     let ok = e
         .run(deploy_args("r1", &blue.url(), "http://127.0.0.1:1", &[]))
         .await;
@@ -358,7 +248,7 @@ async fn a_release_that_never_gets_ready_or_reports_the_wrong_version_is_abandon
         .clone();
 
     // Green answers, but with another release than the one deployed.
-    let wrong = Server::start(e.model.path(), "not-r2");
+    let wrong = serve(e.model.path(), "not-r2");
     let r = e
         .run(deploy_args(
             "r2",
@@ -413,8 +303,8 @@ async fn a_release_that_never_gets_ready_or_reports_the_wrong_version_is_abandon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_returns_the_fixed_endpoint_to_the_old_release() {
     let e = env(&["r1", "r2"]).await;
-    let blue = Server::start(e.model.path(), "r1");
-    let green = Server::start(e.model.path(), "r2");
+    let blue = serve(e.model.path(), "r1");
+    let green = serve(e.model.path(), "r2");
     let st_apply = e.state().await;
     let fwd = deployer::forwarder::start(
         e.s.clients().await,
@@ -532,7 +422,7 @@ async fn probes_to_anything_but_loopback_are_refused() {
         "an instance was launched"
     );
     // status never probes the invented addresses either.
-    let blue = Server::start(e.model.path(), "r1");
+    let blue = serve(e.model.path(), "r1");
     let ok = e
         .run(deploy_args("r1", &blue.url(), "http://127.0.0.1:1", &[]))
         .await;
@@ -545,8 +435,8 @@ async fn probes_to_anything_but_loopback_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_through_the_forwarder_sees_no_failure_and_one_version_switch() {
     let e = env(&["r1", "r2"]).await;
-    let blue = Server::start(e.model.path(), "r1");
-    let mut green = Server::start(e.model.path(), "r2");
+    let blue = serve(e.model.path(), "r1");
+    let mut green = serve(e.model.path(), "r2");
     let first = e
         .run(deploy_args("r1", &blue.url(), &green.url(), &[]))
         .await;
@@ -554,7 +444,7 @@ async fn load_through_the_forwarder_sees_no_failure_and_one_version_switch() {
     // Green's process stands in for an instance that does not exist yet: restart it
     // fresh so nothing but the forwarder's switch can route to it.
     green.stop();
-    let green = Server::start(e.model.path(), "r2");
+    let green = serve(e.model.path(), "r2");
     let st = e.state().await;
     let delay = Duration::from_millis(1500);
     let fwd = deployer::forwarder::start(
@@ -641,8 +531,8 @@ async fn load_through_the_forwarder_sees_no_failure_and_one_version_switch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_redeploys_the_previous_release_when_its_instance_is_gone() {
     let e = env(&["r1", "r2"]).await;
-    let blue = Server::start(e.model.path(), "r1");
-    let green = Server::start(e.model.path(), "r2");
+    let blue = serve(e.model.path(), "r1");
+    let green = serve(e.model.path(), "r2");
     for r in ["r1", "r2"] {
         let d = e
             .run(deploy_args(

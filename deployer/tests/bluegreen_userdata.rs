@@ -7,64 +7,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::{path_str, setup};
-use model::classifier::{Classifier, Logistic};
-use model::{Artifact, ArtifactSpec, FeatureEncoding, Features, Model};
-
-fn server_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("server");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "server", "--bin", "server"])
-            .current_dir(harness::repo_root())
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    bin
-}
-
-fn artifact_dir() -> (tempfile::TempDir, String) {
-    let train: Vec<Features> = (0..20)
-        .map(|k| Features {
-            attr_a: k % 3,
-            attr_b: ["a", "b", "c", "d"][(k % 4) as usize].into(),
-            scd_a: 0.05 * k as f64,
-            scd_b: k % 5 + 1,
-        })
-        .collect();
-    let enc = FeatureEncoding::fit(&train).unwrap();
-    let w = enc.width();
-    let m = Model::new(
-        enc,
-        Classifier::LogisticRegression(Logistic {
-            weights: vec![0.1; w],
-            intercept: 0.0,
-        }),
-        0.5,
-    )
-    .unwrap();
-    let a = Artifact::new(ArtifactSpec {
-        model: m,
-        code_version: "userdata-test".into(),
-        training_data: "sha256:00".into(),
-        metrics: serde_json::Map::new(),
-        extra_files: Default::default(),
-        created: UNIX_EPOCH + Duration::from_secs(1_795_539_600),
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    a.save(dir.path()).unwrap();
-    model::artifact::promote(dir.path(), a.version()).unwrap();
-    (dir, a.version().to_string())
-}
 
 fn files_under(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -77,21 +24,6 @@ fn files_under(root: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +40,7 @@ async fn rendered_boot_script_installs_the_release_and_its_server_answers_on_loo
         .await
         .unwrap();
     // The model, where the instance's server reads it: s3://<artifacts>/models/.
-    let (model, version) = artifact_dir();
+    let (model, version) = harness::artifact::promoted_dir();
     for f in files_under(model.path()) {
         let rel = f
             .strip_prefix(model.path())
@@ -126,7 +58,7 @@ async fn rendered_boot_script_installs_the_release_and_its_server_answers_on_loo
             .await
             .unwrap();
     }
-    let server = server_bin();
+    let server = harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"));
     let m = deployer::publish::publish(&d.clients, &bucket, "r1", &server, Some(&version))
         .await
         .unwrap();
@@ -201,25 +133,22 @@ async fn rendered_boot_script_installs_the_release_and_its_server_answers_on_loo
     );
     cmd.env("SERVER_LISTEN", format!("127.0.0.1:{port}"))
         .env("SERVER_LOG_FORMAT", "text")
-        .envs(moto.env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+        .envs(moto.env());
+    let mut server = harness::ServerProcess::spawn(cmd, port).unwrap_or_else(|e| panic!("{e}"));
     let start = Instant::now();
     let ready = loop {
-        if let Some((200, _)) = get(port, "/readyz") {
+        if harness::http::get(port, "/readyz").is_ok_and(|r| r.status == 200) {
             break true;
         }
-        if start.elapsed() > Duration::from_secs(30) || child.try_wait().unwrap().is_some() {
+        if start.elapsed() > Duration::from_secs(30) || server.exited().is_some() {
             break false;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let version_body = get(port, "/version");
-    let _ = child.kill();
-    let _ = child.wait();
+    let version_body = harness::http::get(port, "/version");
+    server.stop();
     assert!(ready, "the installed server never became ready");
-    let v: serde_json::Value = serde_json::from_str(&version_body.unwrap().1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&version_body.unwrap().body).unwrap();
     assert_eq!(v["release"], "r1");
     assert_eq!(v["model_version"], version.as_str());
 

@@ -271,13 +271,7 @@ async fn versions_in(client: &aws_sdk_s3::Client, bucket: &str) -> BTreeSet<Stri
 #[tokio::test]
 async fn promotion_gate_on_s3_refuses_a_worse_model_unless_forced() {
     let (tdb, owner) = prepared().await;
-    let moto = harness::moto();
-    let sdk = moto.sdk_config().await;
-    let client = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let client = harness::moto().s3_client().await;
     let bucket = harness::unique("models");
     client
         .create_bucket()

@@ -14,14 +14,6 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn client() -> aws_sdk_s3::Client {
-    let sdk = harness::moto().sdk_config().await;
-    let conf = aws_sdk_s3::config::Builder::from(&sdk)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 async fn put(c: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>) {
     c.put_object()
         .bucket(bucket)
@@ -58,7 +50,7 @@ async fn upload(c: &aws_sdk_s3::Client, bucket: &str, a: &model::Artifact, lates
 fn model_from_s3_latest_pinned_and_reloaded() {
     let rt = rt();
     let bucket = harness::unique("models");
-    let c = rt.block_on(client());
+    let c = rt.block_on(harness::moto().s3_client());
     rt.block_on(c.create_bucket().bucket(&bucket).send())
         .unwrap();
     let a1 = artifact(0.0, 0);

@@ -1,134 +1,48 @@
-//! Shared by the server's integration tests: artifacts on disk, the server binary as a
-//! child process on a free loopback port, and a small HTTP/1.1 client (keep-alive or
-//! one-shot) on plain TCP, so tests see exactly what goes over the wire.
+//! Shared by the server's integration tests: the harness's artifact fixture and server
+//! process, and a small HTTP/1.1 client (keep-alive or one-shot) on plain TCP, so tests
+//! see exactly what goes over the wire.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
 
-use model::classifier::{Classifier, Logistic};
-use model::{Artifact, ArtifactSpec, FeatureEncoding, Features, Model};
+// Not every test binary uses all three.
+#[allow(unused_imports)]
+pub use harness::artifact::{artifact, model, publish};
 
 pub const ORIGINAL: &str =
     r#"{"idx": 150000, "features": {"attr_a": 1, "attr_b": "c", "scd_a": 0.55, "scd_b": 3}}"#;
-
-pub fn training() -> Vec<Features> {
-    let mut v = Vec::new();
-    for (i, b) in ["a", "b", "c", "d"].iter().enumerate() {
-        for k in 0..5 {
-            v.push(Features {
-                attr_a: (i + k) as i64 % 3,
-                attr_b: (*b).into(),
-                scd_a: 0.1 * (k as f64) + 0.2 * i as f64,
-                scd_b: (k as i64) + 1,
-            });
-        }
-    }
-    v
-}
-
-/// A logistic model whose intercept is `intercept` (so versions score differently).
-pub fn model(intercept: f64) -> Model {
-    let enc = FeatureEncoding::fit(&training()).unwrap();
-    let w = enc.width();
-    Model::new(
-        enc,
-        Classifier::LogisticRegression(Logistic {
-            weights: (0..w).map(|i| 0.3 - 0.1 * i as f64).collect(),
-            intercept,
-        }),
-        0.5,
-    )
-    .unwrap()
-}
-
-/// Makes an artifact created `secs` after a fixed instant.
-pub fn artifact(intercept: f64, secs: u64) -> Artifact {
-    let mut metrics = serde_json::Map::new();
-    metrics.insert("roc_auc".into(), serde_json::json!(0.8));
-    Artifact::new(ArtifactSpec {
-        model: model(intercept),
-        code_version: "server-tests".into(),
-        training_data: "sha256:00".into(),
-        metrics,
-        extra_files: Default::default(),
-        created: UNIX_EPOCH + Duration::from_secs(1_795_539_600 + secs),
-    })
-    .unwrap()
-}
-
-/// Saves and promotes an artifact under `root`; returns its version.
-pub fn publish(root: &Path, intercept: f64, secs: u64) -> String {
-    let a = artifact(intercept, secs);
-    a.save(root).unwrap();
-    model::artifact::promote(root, a.version()).unwrap();
-    a.version().to_string()
-}
 
 pub fn server_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_server"))
 }
 
-/// The server binary, running; killed on drop.
+/// This package's server binary, running (`harness::ServerProcess`), spoken to with the
+/// wire-level client below; killed on drop.
 pub struct Server {
-    pub child: Child,
+    pub process: harness::ServerProcess,
     pub port: u16,
-    pub log: PathBuf,
-    _logdir: tempfile::TempDir,
 }
 
 impl Server {
     /// Starts `server --model <model> --listen 127.0.0.1:<free>` plus `args`, with
     /// `env`, and waits for `/healthz`.
     pub fn start(model: &str, args: &[&str], env: &[(&str, String)]) -> Server {
-        let logdir = tempfile::tempdir().unwrap();
-        let log = logdir.path().join("server.log");
-        let port = harness::free_port();
-        let mut cmd = Command::new(server_bin());
-        cmd.args(["--model", model, "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--log-format", "text"])
-            .args(args)
-            .env_remove("SERVER_ADMIN_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        let mut s = Server {
-            child,
-            port,
-            log,
-            _logdir: logdir,
-        };
-        let start = Instant::now();
-        loop {
-            if s.try_get("/healthz").is_ok_and(|r| r.status == 200) {
-                return s;
-            }
-            if let Ok(Some(st)) = s.child.try_wait() {
-                panic!("server exited with {st}: {}", s.logs());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "server did not come up: {}",
-                s.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let mut all = vec!["--model", model];
+        all.extend_from_slice(args);
+        let process = harness::ServerProcess::start(&server_bin(), &all, env)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Server {
+            port: process.port(),
+            process,
         }
     }
 
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn try_get(&self, path: &str) -> std::io::Result<Resp> {
-        Conn::open(self.port)?.send("GET", path, &[], b"", true)
+        self.process.logs()
     }
 
     pub fn get(&self, path: &str) -> Resp {
@@ -159,34 +73,14 @@ impl Server {
     }
 
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        self.process.signal(sig).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Waits for the process to exit; returns its exit status.
-    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "server did not exit: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        self.process
+            .wait_exit(deadline)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

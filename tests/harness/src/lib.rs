@@ -23,9 +23,23 @@
 //! Services bind 127.0.0.1 only. Binaries come from Debian's PostgreSQL packages
 //! (`/usr/lib/postgresql/*/bin`, or `PG_BIN`) and from the project's venv (`.venv/`, or
 //! `MOTO_SERVER`); `tools/bootstrap.sh` installs both.
+//!
+//! The rest of the test toolkit, shared by every crate's tests:
+//!
+//! - [`artifact`]: the model-artifact fixture (a fixed small model, saved and promoted);
+//! - [`ServerProcess`]: the `server` binary on a free loopback port, killed on drop;
+//! - [`Moto::s3_client`], [`Moto::ec2_client`]: SDK clients for the emulator;
+//! - [`http`]: GET/POST to 127.0.0.1 on hyper's client;
+//! - [`workspace_bin`]: another package's binary, built by cargo, from the target dir.
+
+pub mod artifact;
+pub mod http;
+mod server;
+
+pub use server::ServerProcess;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,6 +76,41 @@ pub fn repo_root() -> PathBuf {
         .nth(2)
         .expect("tests/harness lives two levels below the root")
         .to_path_buf()
+}
+
+/// The binary `name` of another workspace package, from the target directory this
+/// process was built into (`target/<profile>/`, next to `deps/` that holds the tests).
+///
+/// Cargo tells a test where its own package's binaries are (`CARGO_BIN_EXE_<name>`: use
+/// that when you can), but not another package's: artifact dependencies (`-Z bindeps`)
+/// are unstable. So a test that runs, say, `server` from `deployer`'s tests finds it
+/// here, where `cargo test --workspace`, `cargo build --bins` and `make demo` put it,
+/// instead of running cargo itself from inside a test (a second build, its own lock,
+/// minutes on a cold cache). A missing binary is an error that says how to build it.
+pub fn workspace_bin(name: &str) -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe().map_err(io_err("locating this executable"))?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| HarnessError::Missing {
+            what: format!("the folder of {}", exe.display()),
+            hint: "run the test through cargo".into(),
+        })?
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let bin = dir.join(name);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(HarnessError::Missing {
+            what: format!("the `{name}` binary at {}", bin.display()),
+            hint: format!(
+                "build it first: `cargo build --bin {name}` (`cargo test --workspace` and \
+                 `make demo` build it too)"
+            ),
+        })
+    }
 }
 
 /// The real input files of the original system (`../shared/fixtures/challenge`), or
@@ -506,9 +555,7 @@ impl Moto {
     }
 
     fn responds(port: u16) -> bool {
-        http_request(port, "GET", "/moto-api/", "")
-            .map(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
-            .unwrap_or(false)
+        http::get(port, "/moto-api/").is_ok_and(|r| r.status == 200)
     }
 
     pub fn port(&self) -> u16 {
@@ -549,35 +596,38 @@ impl Moto {
             .await
     }
 
+    /// An S3 client for this emulator, with path-style addressing (moto serves every
+    /// bucket on one host, so `bucket.127.0.0.1` would not resolve).
+    pub async fn s3_client(&self) -> aws_sdk_s3::Client {
+        let sdk = self.sdk_config().await;
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
+    /// An EC2 client for this emulator.
+    pub async fn ec2_client(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk_config().await)
+    }
+
     /// Wipes every resource in this emulator. Only for a private one ([`Moto::start`]):
     /// on the shared one it would pull the floor from under other tests.
     pub fn reset(&self) -> Result<(), HarnessError> {
-        let r = http_request(self.port, "POST", "/moto-api/reset", "")
-            .map_err(io_err("POST /moto-api/reset"))?;
-        if r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200") {
+        let r = http::post(self.port, "/moto-api/reset", "").map_err(|e| HarnessError::Failed {
+            what: "POST /moto-api/reset".into(),
+            detail: e.to_string(),
+        })?;
+        if r.status == 200 {
             Ok(())
         } else {
             Err(HarnessError::Failed {
                 what: "POST /moto-api/reset".into(),
-                detail: r.lines().next().unwrap_or_default().to_string(),
+                detail: format!("{} {}", r.status, r.body),
             })
         }
     }
-}
-
-/// A minimal HTTP/1.1 request to 127.0.0.1:`port`; returns the whole response.
-pub fn http_request(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 /// The parsed `tests/harness/amis.json` (for tests that need an

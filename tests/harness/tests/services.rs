@@ -62,12 +62,7 @@ fn postgres_databases_are_isolated_and_loopback_only() {
 #[tokio::test]
 async fn moto_serves_s3_and_validates_amis() {
     let moto = harness::moto();
-    let sdk = moto.sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = moto.s3_client().await;
     let bucket = harness::unique("harness");
     s3.create_bucket()
         .bucket(&bucket)
@@ -91,7 +86,7 @@ async fn moto_serves_s3_and_validates_amis() {
     let body = got.body.collect().await.expect("body").into_bytes();
     assert_eq!(&body[..], b"hello");
 
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let ec2 = moto.ec2_client().await;
     let images = ec2
         .describe_images()
         .owners("099720109477")

@@ -54,6 +54,47 @@ fn the_server_links_neither_polars_nor_sqlx() {
     }
 }
 
+/// Every third-party package with the features `cargo tree` resolves for `edges`, one
+/// line each (`name vX.Y.Z feat,feat`; a package built for the host and for the target
+/// with different features has two lines). Workspace members are left out: a test-only
+/// feature of one of them recompiles that crate alone, in seconds.
+fn resolved_features(edges: &str) -> std::collections::BTreeSet<String> {
+    let member = format!("({}", harness::repo_root().display());
+    let out = Command::new(env!("CARGO"))
+        .args(["tree", "--workspace", "-e", edges, "--prefix", "none"])
+        .args(["--format", "{p} {f}", "--offline"])
+        .current_dir(harness::repo_root())
+        .output()
+        .expect("cargo tree");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_end_matches(" (*)").to_string())
+        .filter(|l| !l.is_empty() && !l.contains(&member))
+        .collect()
+}
+
+#[test]
+fn the_demo_build_and_the_tests_share_one_feature_resolution() {
+    // `make demo` runs `cargo build --workspace --bins`; `make test` runs `cargo test
+    // --workspace`, which also resolves the dev-dependencies. If a dev-dependency turns
+    // on a feature the build did not have, that crate and everything above it compiles
+    // again under `make test` (wiremock's hyper `full` once cost the AWS SDKs a second
+    // build). Name the feature in a normal dependency too (see tests/harness/Cargo.toml).
+    let build = resolved_features("normal,build");
+    let test = resolved_features("normal,build,dev");
+    let twice: Vec<&String> = build.difference(&test).collect();
+    assert!(
+        twice.is_empty(),
+        "resolved with other features by `cargo test --workspace` than by `cargo build \
+         --workspace --bins`, so compiled twice: {twice:#?}"
+    );
+}
+
 #[test]
 fn no_secret_literals_in_the_repository() {
     let patterns = [

@@ -45,18 +45,6 @@ impl Steps {
     }
 }
 
-fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the demo binary")?;
-    let p = exe.with_file_name(name);
-    if !p.exists() {
-        bail!(
-            "{} not found: build it first (`cargo build --bins`)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
 /// Stopping on Ctrl-C / SIGTERM: every child the demo starts is registered here, and a
 /// signal thread with its own small runtime terminates them all, then exits 130.
 mod stop {
@@ -291,18 +279,8 @@ impl Drop for Killed {
 }
 
 fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let raw = harness::http_request(port, method, path, body)
-        .with_context(|| format!("{method} http://127.0.0.1:{port}{path}"))?;
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let r = harness::http::request(port, method, path, body)?;
+    Ok((r.status, r.body))
 }
 
 fn predict(port: u16) -> anyhow::Result<String> {
@@ -493,9 +471,9 @@ async fn run() -> anyhow::Result<()> {
     let months = env_num("DEMO_MONTHS", 36)?;
     let out_dir = PathBuf::from(std::env::var("DEMO_OUT").unwrap_or_else(|_| "out/demo".into()));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let pipeline = sibling_binary("pipeline")?;
-    let server = sibling_binary("server")?;
-    let deployer = sibling_binary("deployer")?;
+    let pipeline = harness::workspace_bin("pipeline")?;
+    let server = harness::workspace_bin("server")?;
+    let deployer = harness::workspace_bin("deployer")?;
     let mut steps = Steps(Vec::new());
 
     let pg = steps.run("start a private PostgreSQL cluster on loopback", || {
@@ -532,13 +510,8 @@ async fn run() -> anyhow::Result<()> {
         run_cli(&pipeline, &["db", "users"], &env)
     })?;
 
-    let sdk = moto.sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let s3 = moto.s3_client().await;
+    let ec2 = moto.ec2_client().await;
     s3.create_bucket().bucket(BUCKET).send().await?;
     match &given {
         None => steps.run(
