@@ -48,21 +48,30 @@ pub async fn init(clients: &Clients, cfg: &Config) -> Result<InitReport, AwsErro
 async fn private_bucket(clients: &Clients, region: &str, bucket: &str) -> Result<bool, AwsError> {
     let s3 = &clients.s3;
     let res = format!("s3://{bucket}");
+    // HeadBucket first: in us-east-1 CreateBucket answers 200 for a bucket the caller
+    // already owns, so its answer cannot tell "created" from "was there".
+    let exists = match s3.head_bucket().bucket(bucket).send().await {
+        Ok(_) => true,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => false,
+        Err(e) => return Err(AwsError::new(&res, "HeadBucket", e)),
+    };
     let mut created = false;
-    let mut create = s3.create_bucket().bucket(bucket);
-    if region != "us-east-1" {
-        create = create.create_bucket_configuration(
-            CreateBucketConfiguration::builder()
-                .location_constraint(BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    match create.send().await {
-        Ok(_) => created = true,
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_bucket_already_owned_by_you()) => {}
-        Err(e) => return Err(AwsError::new(&res, "CreateBucket", e)),
+    if !exists {
+        let mut create = s3.create_bucket().bucket(bucket);
+        if region != "us-east-1" {
+            create = create.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        match create.send().await {
+            Ok(_) => created = true,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_bucket_already_owned_by_you()) => {}
+            Err(e) => return Err(AwsError::new(&res, "CreateBucket", e)),
+        }
     }
     s3.put_public_access_block()
         .bucket(bucket)
