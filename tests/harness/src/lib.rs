@@ -49,6 +49,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
+pub mod cloud;
+
 /// Why a service could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -64,7 +66,7 @@ pub enum HarnessError {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     let what = what.into();
     move |source| HarnessError::Io { what, source }
 }
@@ -128,7 +130,7 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", random_token(12).to_lowercase())
 }
 
-fn random_token(n: usize) -> String {
+pub(crate) fn random_token(n: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(n)
@@ -144,7 +146,7 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0")
 }
 
-fn wait_for_port(port: u16, deadline: Duration) -> bool {
+pub(crate) fn wait_for_port(port: u16, deadline: Duration) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let start = Instant::now();
     while start.elapsed() < deadline {
@@ -159,7 +161,7 @@ fn wait_for_port(port: u16, deadline: Duration) -> bool {
 /// Starts a detached shell that waits for this process to end, then runs `cleanup`.
 /// It lives in its own process group, so a Ctrl-C to the terminal's foreground group
 /// reaches the test process but not the watchdog, which then does its job.
-fn spawn_watchdog(cleanup: &str) -> Result<(), HarnessError> {
+pub(crate) fn spawn_watchdog(cleanup: &str) -> Result<(), HarnessError> {
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.3; done\n{cleanup}",
         pid = std::process::id()
@@ -177,7 +179,7 @@ fn spawn_watchdog(cleanup: &str) -> Result<(), HarnessError> {
     Ok(())
 }
 
-fn shell_quote(p: &Path) -> String {
+pub(crate) fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
@@ -513,12 +515,23 @@ pub fn amis_path() -> PathBuf {
 impl Moto {
     /// Starts a private emulator (use [`moto`] for the shared one).
     pub fn start() -> Result<Moto, HarnessError> {
-        let bin = moto_server_bin()?;
+        Self::start_program(&moto_server_bin()?, None, &[])
+    }
+
+    /// Starts `program` (`moto_server`, or a Python interpreter running `script`, which
+    /// takes moto_server's arguments) with `env` added.
+    pub(crate) fn start_program(
+        bin: &Path,
+        script: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> Result<Moto, HarnessError> {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new(&bin)
+            let mut child = Command::new(bin)
+                .args(script)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("MOTO_ENABLE_AMI_VALIDATION", "true")
                 .env("MOTO_AMIS_PATH", amis_path())
                 .stdin(Stdio::null())

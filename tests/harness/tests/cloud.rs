@@ -1,0 +1,1023 @@
+//! The local cloud, on its real processes: each AWS behaviour seen through raw SDK
+//! calls (each test fails on plain moto, where the first call succeeds at once), an
+//! instance that boots its user data and serves on its stand-in address, one that
+//! cannot download for want of a route, and an Elastic IP whose traffic follows
+//! `AssociateAddress` after its delay.
+//!
+//! The instances run the real `server` binary from the target directory: `cargo test
+//! --workspace` builds it; with `cargo test -p harness` alone, run
+//! `cargo build -p server` first.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{Filter, InstanceNetworkInterfaceSpecification};
+use harness::cloud::{AwsBehaviour, InstanceStatus, LocalCloud, LocalCloudOptions};
+use model::classifier::{Classifier, Logistic};
+use model::{Artifact, ArtifactSpec, FeatureEncoding, Features, Model};
+use sha2::Digest as _;
+
+/// The instances' API port: one free port for this test binary.
+fn api_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(harness::free_port)
+}
+const EIP_DELAY: Duration = Duration::from_millis(1500);
+
+/// One local cloud for the tests of this binary, with the default (AWS-like) delays.
+fn cloud() -> &'static LocalCloud {
+    static CLOUD: OnceLock<LocalCloud> = OnceLock::new();
+    CLOUD.get_or_init(|| {
+        LocalCloud::start(LocalCloudOptions {
+            eip_propagation: EIP_DELAY,
+            ..LocalCloudOptions::default()
+        })
+        .unwrap()
+    })
+}
+
+fn delays() -> AwsBehaviour {
+    AwsBehaviour::aws_like()
+}
+
+async fn ec2() -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&cloud().moto().sdk_config().await)
+}
+
+fn ami() -> String {
+    harness::amis()[0]["ami_id"].as_str().unwrap().to_string()
+}
+
+/// Retries `f` until it succeeds or `deadline` passes; returns the first error code
+/// seen (if any) and how long success took.
+async fn until_ok<T, E, F, Fut>(deadline: Duration, mut f: F) -> (Option<String>, Duration, T)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: ProvideErrorMetadata + std::fmt::Debug,
+{
+    let start = Instant::now();
+    let mut first = None;
+    loop {
+        match f().await {
+            Ok(v) => return (first, start.elapsed(), v),
+            Err(e) => {
+                if first.is_none() {
+                    first = Some(format!(
+                        "{}: {}",
+                        e.code().unwrap_or("?"),
+                        e.message().unwrap_or("")
+                    ));
+                }
+                assert!(start.elapsed() < deadline, "still failing: {e:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn new_vpc(ec2: &aws_sdk_ec2::Client) -> (String, String) {
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc
+        .unwrap()
+        .vpc_id
+        .unwrap();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("10.0.1.0/24")
+        .send()
+        .await
+        .unwrap()
+        .subnet
+        .unwrap()
+        .subnet_id
+        .unwrap();
+    (vpc, subnet)
+}
+
+/// A VPC whose subnet routes 0.0.0.0/0 to an internet gateway; returns (vpc, subnet,
+/// route table, gateway).
+async fn routed_network(ec2: &aws_sdk_ec2::Client) -> (String, String, String, String) {
+    let (vpc, subnet) = new_vpc(ec2).await;
+    let igw = ec2
+        .create_internet_gateway()
+        .send()
+        .await
+        .unwrap()
+        .internet_gateway
+        .unwrap()
+        .internet_gateway_id
+        .unwrap();
+    ec2.attach_internet_gateway()
+        .internet_gateway_id(&igw)
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap();
+    let rtb = ec2
+        .create_route_table()
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .route_table
+        .unwrap()
+        .route_table_id
+        .unwrap();
+    ec2.create_route()
+        .route_table_id(&rtb)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&igw)
+        .send()
+        .await
+        .unwrap();
+    ec2.associate_route_table()
+        .route_table_id(&rtb)
+        .subnet_id(&subnet)
+        .send()
+        .await
+        .unwrap();
+    (vpc, subnet, rtb, igw)
+}
+
+/// Launches one instance in `subnet` (with a public address if `public`) and returns
+/// its id, once the emulator lets it be seen.
+async fn launch(
+    ec2: &aws_sdk_ec2::Client,
+    subnet: &str,
+    public: bool,
+    user_data: Option<&str>,
+) -> String {
+    use base64::Engine as _;
+    let mut req = ec2
+        .run_instances()
+        .image_id(ami())
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .network_interfaces(
+            InstanceNetworkInterfaceSpecification::builder()
+                .device_index(0)
+                .subnet_id(subnet)
+                .associate_public_ip_address(public)
+                .build(),
+        );
+    if let Some(u) = user_data {
+        req = req.user_data(base64::engine::general_purpose::STANDARD.encode(u));
+    }
+    let out = req.send().await.unwrap();
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+    until_ok(Duration::from_secs(30), || {
+        ec2.describe_instances().instance_ids(&id).send()
+    })
+    .await;
+    id
+}
+
+async fn terminate(ec2: &aws_sdk_ec2::Client, id: &str) {
+    ec2.terminate_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// AWS's eventual consistency, through raw SDK calls
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_new_security_group_is_unknown_until_it_propagates() {
+    let ec2 = ec2().await;
+    let (vpc, _) = new_vpc(&ec2).await;
+    let sg = ec2
+        .create_security_group()
+        .group_name(harness::unique("sg"))
+        .description("local cloud test")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
+    let err = ec2
+        .describe_security_groups()
+        .group_ids(&sg)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("InvalidGroup.NotFound"), "{err:?}");
+    let (first, took, _) = until_ok(Duration::from_secs(30), || {
+        ec2.authorize_security_group_ingress()
+            .group_id(&sg)
+            .ip_protocol("tcp")
+            .from_port(8080)
+            .to_port(8080)
+            .cidr_ip("0.0.0.0/0")
+            .send()
+    })
+    .await;
+    let first = first.expect("AuthorizeSecurityGroupIngress succeeded at once");
+    assert!(first.starts_with("InvalidGroup.NotFound"), "{first}");
+    assert!(took >= delays().security_group / 2, "took {took:?}");
+    ec2.describe_security_groups()
+        .group_ids(&sg)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn run_instances_refuses_a_new_instance_profile_until_it_propagates() {
+    let sdk = cloud().moto().sdk_config().await;
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let name = harness::unique("profile");
+    iam.create_instance_profile()
+        .instance_profile_name(&name)
+        .send()
+        .await
+        .unwrap();
+    let (first, took, out) = until_ok(Duration::from_secs(30), || {
+        ec2.run_instances()
+            .image_id(ami())
+            .min_count(1)
+            .max_count(1)
+            .iam_instance_profile(
+                aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                    .name(&name)
+                    .build(),
+            )
+            .send()
+    })
+    .await;
+    let first = first.expect("RunInstances accepted the new profile at once");
+    assert_eq!(
+        first,
+        format!(
+            "InvalidParameterValue: Value ({name}) for parameter iamInstanceProfile.name is \
+             invalid. Invalid IAM Instance Profile name"
+        )
+    );
+    assert!(took >= delays().instance_profile / 2, "took {took:?}");
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+    until_ok(Duration::from_secs(30), || {
+        ec2.terminate_instances().instance_ids(&id).send()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_new_instance_is_unknown_until_it_propagates() {
+    let ec2 = ec2().await;
+    let out = ec2
+        .run_instances()
+        .image_id(ami())
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+    let err = ec2
+        .describe_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("InvalidInstanceID.NotFound"), "{err:?}");
+    let err = ec2
+        .create_tags()
+        .resources(&id)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("k")
+                .value("v")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("InvalidInstanceID.NotFound"), "{err:?}");
+    let err = ec2
+        .describe_instance_attribute()
+        .instance_id(&id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("InvalidInstanceID.NotFound"), "{err:?}");
+    let alloc = ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap()
+        .allocation_id
+        .unwrap();
+    let err = ec2
+        .associate_address()
+        .allocation_id(&alloc)
+        .instance_id(&id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("InvalidInstanceID.NotFound"), "{err:?}");
+    ec2.release_address()
+        .allocation_id(&alloc)
+        .send()
+        .await
+        .unwrap();
+    // Absent from listings too.
+    let listed = ec2
+        .describe_instances()
+        .filters(Filter::builder().name("instance-id").values(&id).build())
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.reservations().is_empty(), "{listed:?}");
+    let (_, took, _) = until_ok(Duration::from_secs(30), || {
+        ec2.describe_instances().instance_ids(&id).send()
+    })
+    .await;
+    assert!(took >= delays().instance / 2, "took {took:?}");
+    ec2.create_tags()
+        .resources(&id)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("k")
+                .value("v")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    terminate(&ec2, &id).await;
+}
+
+async fn holder(ec2: &aws_sdk_ec2::Client, alloc: &str) -> Option<String> {
+    let out = ec2
+        .describe_addresses()
+        .allocation_ids(alloc)
+        .send()
+        .await
+        .unwrap();
+    out.addresses()[0]
+        .instance_id()
+        .filter(|i| !i.is_empty())
+        .map(String::from)
+}
+
+#[tokio::test]
+async fn describe_addresses_shows_the_previous_association_for_a_while() {
+    let ec2 = ec2().await;
+    let (_, subnet) = new_vpc(&ec2).await;
+    let a = launch(&ec2, &subnet, false, None).await;
+    let b = launch(&ec2, &subnet, false, None).await;
+    let alloc = ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap()
+        .allocation_id
+        .unwrap();
+    ec2.associate_address()
+        .allocation_id(&alloc)
+        .instance_id(&a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        holder(&ec2, &alloc).await,
+        None,
+        "the association showed at once"
+    );
+    let start = Instant::now();
+    while holder(&ec2, &alloc).await.as_deref() != Some(a.as_str()) {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ec2.associate_address()
+        .allocation_id(&alloc)
+        .instance_id(&b)
+        .allow_reassociation(true)
+        .send()
+        .await
+        .unwrap();
+    let moved = Instant::now();
+    assert_eq!(holder(&ec2, &alloc).await.as_deref(), Some(a.as_str()));
+    while holder(&ec2, &alloc).await.as_deref() != Some(b.as_str()) {
+        assert!(moved.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved.elapsed() >= delays().address / 2);
+
+    // AWS refuses to release an associated address (moto alone allows it).
+    let err = ec2
+        .release_address()
+        .allocation_id(&alloc)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("InvalidIPAddress.InUse"), "{err:?}");
+    ec2.disassociate_address()
+        .association_id(
+            ec2.describe_addresses()
+                .allocation_ids(&alloc)
+                .send()
+                .await
+                .unwrap()
+                .addresses()[0]
+                .association_id()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    ec2.release_address()
+        .allocation_id(&alloc)
+        .send()
+        .await
+        .unwrap();
+    terminate(&ec2, &a).await;
+    terminate(&ec2, &b).await;
+}
+
+#[tokio::test]
+async fn a_terminated_instance_blocks_deletes_for_a_while_and_mapped_addresses_block_the_gateway() {
+    let ec2 = ec2().await;
+    let (vpc, subnet, rtb, igw) = routed_network(&ec2).await;
+    let sg = ec2
+        .create_security_group()
+        .group_name(harness::unique("sg"))
+        .description("local cloud test")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
+    let (_, _, out) = until_ok(Duration::from_secs(30), || {
+        ec2.run_instances()
+            .image_id(ami())
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&subnet)
+            .security_group_ids(&sg)
+            .send()
+    })
+    .await;
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+    until_ok(Duration::from_secs(30), || {
+        ec2.describe_instances().instance_ids(&id).send()
+    })
+    .await;
+    let alloc = ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap()
+        .allocation_id
+        .unwrap();
+    ec2.associate_address()
+        .allocation_id(&alloc)
+        .instance_id(&id)
+        .send()
+        .await
+        .unwrap();
+    // A mapped public address holds the gateway.
+    let err = ec2
+        .detach_internet_gateway()
+        .internet_gateway_id(&igw)
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("DependencyViolation"), "{err:?}");
+    assert!(
+        err.message().unwrap().contains("mapped public address"),
+        "{err:?}"
+    );
+    // A live instance holds its security group.
+    let err = ec2
+        .delete_security_group()
+        .group_id(&sg)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("DependencyViolation"), "{err:?}");
+
+    terminate(&ec2, &id).await;
+    let terminated = Instant::now();
+    // Terminating let go of the address; its interfaces linger for a while.
+    let err = ec2
+        .delete_security_group()
+        .group_id(&sg)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("DependencyViolation"), "{err:?}");
+    let err = ec2
+        .delete_subnet()
+        .subnet_id(&subnet)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("DependencyViolation"), "{err:?}");
+    until_ok(Duration::from_secs(30), || {
+        ec2.delete_security_group().group_id(&sg).send()
+    })
+    .await;
+    until_ok(Duration::from_secs(30), || {
+        ec2.delete_subnet().subnet_id(&subnet).send()
+    })
+    .await;
+    until_ok(Duration::from_secs(30), || {
+        ec2.detach_internet_gateway()
+            .internet_gateway_id(&igw)
+            .vpc_id(&vpc)
+            .send()
+    })
+    .await;
+    assert!(terminated.elapsed() >= delays().terminated_interfaces / 2);
+    ec2.release_address()
+        .allocation_id(&alloc)
+        .send()
+        .await
+        .unwrap();
+    let _ = rtb;
+}
+
+#[tokio::test]
+async fn plain_moto_has_none_of_these_delays() {
+    // The control: the wrapper with every behaviour off is the forgiving emulator the
+    // tests above would fail on.
+    let moto = harness::Moto::start_aws_like(&AwsBehaviour::off()).unwrap();
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk_config().await);
+    let (vpc, _) = new_vpc(&ec2).await;
+    let sg = ec2
+        .create_security_group()
+        .group_name("g")
+        .description("d")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
+    ec2.describe_security_groups()
+        .group_ids(&sg)
+        .send()
+        .await
+        .unwrap();
+    let out = ec2
+        .run_instances()
+        .image_id(ami())
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let id = out.instances()[0].instance_id().unwrap();
+    ec2.describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Instances that boot, and the Elastic IP
+// ---------------------------------------------------------------------------------------
+
+/// The `server` binary next to this test's folder in the target directory.
+fn server_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("server");
+    assert!(
+        bin.exists(),
+        "{} is missing: the booted instances run it. Run `cargo build -p server` first \
+         (`cargo test --workspace` builds it too)",
+        bin.display()
+    );
+    bin
+}
+
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A small model artifact, saved and promoted under a temp dir.
+fn artifact_dir() -> (tempfile::TempDir, String) {
+    let train: Vec<Features> = (0..20)
+        .map(|k| Features {
+            attr_a: k % 3,
+            attr_b: ["a", "b", "c", "d"][(k % 4) as usize].into(),
+            scd_a: 0.05 * k as f64,
+            scd_b: k % 5 + 1,
+        })
+        .collect();
+    let enc = FeatureEncoding::fit(&train).unwrap();
+    let w = enc.width();
+    let m = Model::new(
+        enc,
+        Classifier::LogisticRegression(Logistic {
+            weights: vec![0.1; w],
+            intercept: 0.0,
+        }),
+        0.5,
+    )
+    .unwrap();
+    let a = Artifact::new(ArtifactSpec {
+        model: m,
+        code_version: "cloud-test".into(),
+        training_data: "sha256:00".into(),
+        metrics: serde_json::Map::new(),
+        extra_files: Default::default(),
+        created: UNIX_EPOCH + Duration::from_secs(1_795_539_600),
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    a.save(dir.path()).unwrap();
+    model::artifact::promote(dir.path(), a.version()).unwrap();
+    (dir, a.version().to_string())
+}
+
+/// The server binary and a model in the emulator's S3, published once per test binary.
+struct Published {
+    bucket: String,
+    model_version: String,
+    server_url: String,
+    server_sha256: String,
+}
+
+fn published() -> &'static Published {
+    static P: OnceLock<Published> = OnceLock::new();
+    P.get_or_init(|| {
+        std::thread::spawn(|| tokio::runtime::Runtime::new().unwrap().block_on(publish()))
+            .join()
+            .unwrap()
+    })
+}
+
+async fn publish() -> Published {
+    let sdk = cloud().moto().sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = harness::unique("artifacts");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let (model, model_version) = artifact_dir();
+    for f in files_under(model.path()) {
+        let rel = f.strip_prefix(model.path()).unwrap().to_str().unwrap();
+        s3.put_object()
+            .bucket(&bucket)
+            .key(format!("models/{rel}"))
+            .body(std::fs::read(&f).unwrap().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let server = std::fs::read(server_bin()).unwrap();
+    let server_sha256 = hex::encode(sha2::Sha256::digest(&server));
+    s3.put_object()
+        .bucket(&bucket)
+        .key("releases/test/server")
+        .body(server.into())
+        .send()
+        .await
+        .unwrap();
+    let presigned = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("releases/test/server")
+        .presigned(
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3600))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    Published {
+        bucket,
+        model_version,
+        server_url: presigned.uri().to_string(),
+        server_sha256,
+    }
+}
+
+/// `userdata/boot.sh` rendered as the deployer renders it (`render_user_data`).
+fn user_data(release: &str) -> String {
+    let p = published();
+    let root = harness::repo_root().join("userdata");
+    let boot = std::fs::read_to_string(root.join("boot.sh")).unwrap();
+    let unit = std::fs::read_to_string(root.join("server.service")).unwrap();
+    boot.replace("@SERVICE_UNIT@", unit.trim_end())
+        .replace("@RELEASE@", release)
+        .replace(
+            "@MODEL_URI@",
+            &format!("s3://{}/models@{}", p.bucket, p.model_version),
+        )
+        .replace("@API_PORT@", &api_port().to_string())
+        .replace("@SERVER_URL@", &p.server_url)
+        .replace("@SERVER_SHA256@", &p.server_sha256)
+}
+
+/// GET `path` on `ip:port`; (status, body).
+fn get(ip: Ipv4Addr, port: u16, path: &str) -> Option<(u16, String)> {
+    assert!(ip.is_loopback(), "only loopback is ever a target, not {ip}");
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+fn wait_ready(ip: Ipv4Addr, deadline: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if let Some((200, _)) = get(ip, api_port(), "/readyz") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn release_of(ip: Ipv4Addr) -> Option<String> {
+    let (code, body) = get(ip, api_port(), "/version")?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["release"].as_str().map(String::from)
+}
+
+/// Boots one instance with a public address in a routed subnet; its stand-in.
+async fn boot_public(ec2: &aws_sdk_ec2::Client, subnet: &str, release: &str) -> (String, Ipv4Addr) {
+    let ud = user_data(release);
+    let id = launch(ec2, subnet, true, Some(&ud)).await;
+    let c = cloud();
+    let id2 = id.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        cloud().wait_status(&id2, Duration::from_secs(60), |s| {
+            !matches!(s, InstanceStatus::Booting)
+        })
+    })
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(c.boot_log(&id)).unwrap_or_default();
+    assert!(
+        matches!(status, Some(InstanceStatus::Serving(_))),
+        "{id}: {status:?}\n{log}"
+    );
+    (id.clone(), c.standin_of(&id).unwrap())
+}
+
+fn address_map() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(cloud().address_map_path()).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_a_public_address_boots_and_serves_until_terminated() {
+    let ec2 = ec2().await;
+    let (_, subnet, _, _) = routed_network(&ec2).await;
+    let (id, standin) = boot_public(&ec2, &subnet, "r-public").await;
+    assert_eq!(&standin.octets()[..2], &[127, 77]);
+    let ready = tokio::task::spawn_blocking(move || wait_ready(standin, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let journal = std::fs::read_to_string(cloud().journal(&id)).unwrap_or_default();
+    assert!(ready, "{id} never became ready on {standin}:\n{journal}");
+    let health = get(standin, api_port(), "/healthz").unwrap();
+    assert_eq!(health.0, 200, "{health:?}");
+    assert_eq!(release_of(standin).as_deref(), Some("r-public"));
+
+    // The address map sends both of its emulator addresses to its stand-in.
+    let d = ec2
+        .describe_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    let i = &d.reservations()[0].instances()[0];
+    let public = i.public_ip_address().expect("a public address");
+    let private = i.private_ip_address().unwrap();
+    let map = address_map();
+    assert_eq!(map[public], standin.to_string(), "{map}");
+    assert_eq!(map[private], standin.to_string(), "{map}");
+    let log = std::fs::read_to_string(cloud().boot_log(&id)).unwrap();
+    assert!(log.contains("route to S3: public address"), "{log}");
+
+    // Terminated: its server stops, its addresses leave the map.
+    terminate(&ec2, &id).await;
+    let status = tokio::task::spawn_blocking(move || {
+        cloud().wait_status(&id, Duration::from_secs(30), |s| {
+            *s == InstanceStatus::Stopped
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, Some(InstanceStatus::Stopped));
+    assert!(
+        TcpStream::connect_timeout(
+            &SocketAddr::from((standin, api_port())),
+            Duration::from_secs(1)
+        )
+        .is_err(),
+        "the terminated instance's server still accepts connections"
+    );
+    let start = Instant::now();
+    while address_map().get(public).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            address_map()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_a_route_to_s3_cannot_download_until_the_vpc_has_an_endpoint() {
+    let ec2 = ec2().await;
+    let (vpc, subnet, rtb, _) = routed_network(&ec2).await;
+    let ud = user_data("r-private");
+    let id = launch(&ec2, &subnet, false, Some(&ud)).await;
+    let id2 = id.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        cloud().wait_status(&id2, Duration::from_secs(60), |s| {
+            !matches!(s, InstanceStatus::Booting)
+        })
+    })
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(cloud().boot_log(&id)).unwrap();
+    assert_eq!(status, Some(InstanceStatus::BootFailed(Some(28))), "{log}");
+    assert!(log.contains("no public IPv4 address"), "{log}");
+    assert!(log.contains("no route to S3"), "{log}");
+    assert!(log.contains("Connection timed out"), "{log}");
+    terminate(&ec2, &id).await;
+
+    // An S3 gateway endpoint on its route table is a route: the same boot succeeds.
+    ec2.create_vpc_endpoint()
+        .vpc_id(&vpc)
+        .service_name(format!("com.amazonaws.{}.s3", harness::REGION))
+        .vpc_endpoint_type(aws_sdk_ec2::types::VpcEndpointType::Gateway)
+        .route_table_ids(&rtb)
+        .send()
+        .await
+        .unwrap();
+    let id = launch(&ec2, &subnet, false, Some(&ud)).await;
+    let id2 = id.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        cloud().wait_status(&id2, Duration::from_secs(60), |s| {
+            !matches!(s, InstanceStatus::Booting)
+        })
+    })
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(cloud().boot_log(&id)).unwrap();
+    assert!(
+        matches!(status, Some(InstanceStatus::Serving(_))),
+        "{status:?}\n{log}"
+    );
+    assert!(log.contains("S3 gateway endpoint"), "{log}");
+    let standin = cloud().standin_of(&id).unwrap();
+    let ready = tokio::task::spawn_blocking(move || wait_ready(standin, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(
+        ready,
+        "{}",
+        std::fs::read_to_string(cloud().journal(&id)).unwrap_or_default()
+    );
+    terminate(&ec2, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_elastic_ip_serves_on_its_own_address_and_follows_a_move_after_its_delay() {
+    let ec2 = ec2().await;
+    let (_, subnet, _, _) = routed_network(&ec2).await;
+    let (blue, blue_ip) = boot_public(&ec2, &subnet, "r-blue").await;
+    let (green, green_ip) = boot_public(&ec2, &subnet, "r-green").await;
+    for ip in [blue_ip, green_ip] {
+        assert!(
+            tokio::task::spawn_blocking(move || wait_ready(ip, Duration::from_secs(60)))
+                .await
+                .unwrap()
+        );
+    }
+    let eip = ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap();
+    let eip_ip: Ipv4Addr = eip.public_ip().unwrap().parse().unwrap();
+    assert!(
+        eip_ip.is_loopback(),
+        "moto's Elastic IPs are loopback: {eip_ip}"
+    );
+    let alloc = eip.allocation_id().unwrap().to_string();
+    ec2.associate_address()
+        .allocation_id(&alloc)
+        .instance_id(&blue)
+        .send()
+        .await
+        .unwrap();
+    let associated = Instant::now();
+    let through_eip = move || release_of(eip_ip);
+    let start = Instant::now();
+    while tokio::task::spawn_blocking(through_eip)
+        .await
+        .unwrap()
+        .as_deref()
+        != Some("r-blue")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the EIP never served blue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        associated.elapsed() >= EIP_DELAY,
+        "served before the propagation delay"
+    );
+    assert_eq!(cloud().eip_backend(eip_ip), Some(blue_ip));
+
+    // A connection opened now stays with blue after the move, as on AWS.
+    let mut held = TcpStream::connect((eip_ip, api_port())).unwrap();
+    ec2.associate_address()
+        .allocation_id(&alloc)
+        .instance_id(&green)
+        .allow_reassociation(true)
+        .send()
+        .await
+        .unwrap();
+    let moved = Instant::now();
+    let mut seen_blue_after_move = false;
+    loop {
+        let r = tokio::task::spawn_blocking(through_eip).await.unwrap();
+        match r.as_deref() {
+            Some("r-green") => break,
+            Some("r-blue") => seen_blue_after_move = true,
+            other => panic!("through the EIP during the move: {other:?}"),
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(30),
+            "the EIP never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_blue_after_move, "the move took effect at once");
+    assert!(
+        moved.elapsed() >= EIP_DELAY,
+        "moved after {:?}",
+        moved.elapsed()
+    );
+    write!(
+        held,
+        "GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut body = String::new();
+    held.read_to_string(&mut body).unwrap();
+    assert!(body.contains("r-blue"), "{body}");
+
+    terminate(&ec2, &blue).await;
+    terminate(&ec2, &green).await;
+}
