@@ -566,7 +566,7 @@ fn the_deploy_role_may_pass_only_the_instance_role_to_ec2() {
             );
             if covers(&action, "iam:PassRole") {
                 passes += 1;
-                assert_eq!(resources, [role.clone()], "{action}");
+                assert_eq!(resources, std::slice::from_ref(&role), "{action}");
                 assert_eq!(
                     s["Condition"]["StringEquals"]["iam:PassedToService"], "ec2.amazonaws.com",
                     "{s}"
