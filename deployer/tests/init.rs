@@ -21,10 +21,18 @@ async fn init_creates_the_artifacts_bucket_so_a_fresh_account_can_publish() {
         "the account starts without the artifacts bucket"
     );
 
+    let out = s.ok(&["init"]);
+    assert!(
+        out.stdout
+            .contains(&format!("artifacts bucket s3://{artifacts} created")),
+        "{}",
+        out.all()
+    );
+    // The library call after the command finds both there and enforces their settings.
     let first = d.init().await.expect("init");
     assert!(
-        first.bucket_created && first.artifacts_bucket_created,
-        "{first:?}"
+        !first.bucket_created && !first.artifacts_bucket_created,
+        "the command created them: {first:?}"
     );
     for bucket in [&d.cfg.state.bucket, &artifacts] {
         let pab = s3
@@ -59,8 +67,8 @@ async fn init_creates_the_artifacts_bucket_so_a_fresh_account_can_publish() {
         assert_eq!(rules, 1, "{bucket} has default encryption");
     }
 
-    // Idempotent: a second run creates nothing and still succeeds.
-    let second = d.init().await.expect("second init");
+    // Idempotent: a third run creates nothing and still succeeds.
+    let second = d.init().await.expect("third init");
     assert!(
         !second.bucket_created && !second.artifacts_bucket_created && !second.table_created,
         "{second:?}"

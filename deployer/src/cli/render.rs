@@ -28,6 +28,18 @@ impl fmt::Display for InitSummary<'_> {
                 "already there (settings enforced)"
             }
         )?;
+        if cfg.artifacts.bucket != cfg.state.bucket {
+            write!(
+                f,
+                "artifacts bucket s3://{} {}; ",
+                cfg.artifacts.bucket,
+                if r.artifacts_bucket_created {
+                    "created"
+                } else {
+                    "already there (settings enforced)"
+                }
+            )?;
+        }
         match &cfg.lock.table {
             Some(t) if cfg.lock.backend == LockBackend::Dynamodb => write!(
                 f,
