@@ -418,7 +418,7 @@ async fn route_to_s3(ec2: &aws_sdk_ec2::Client, s: &Seen) -> Fallible<Result<Str
     if let Some(e) = endpoints.vpc_endpoints().iter().find(|e| {
         e.vpc_id() == Some(vpc.as_str())
             && e.service_name() == Some(s3.as_str())
-            && e.route_table_ids().iter().any(|r| *r == rtb)
+            && e.route_table_ids().contains(&rtb)
     }) {
         return Ok(Ok(format!(
             "S3 gateway endpoint {} on {rtb}",
