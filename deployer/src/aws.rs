@@ -140,19 +140,20 @@ impl Backoff {
     }
 }
 
-/// Runs `op` until it succeeds, or fails with an error whose code `retryable` refuses,
+/// Runs `op` until it succeeds, or fails with an error `retryable` refuses,
 /// or the next attempt would start after `bound.deadline`; then returns the last error.
 ///
 /// For AWS's eventual consistency: a call that names something created a moment ago
 /// (a role in a new instance profile, a new security group) can fail with a not-found
 /// or invalid-parameter code for a few seconds. Only the codes that mean "not yet"
-/// should be retried: `retryable` receives [`AwsError::code`]. Each retry is logged at
-/// debug level. For example, adding a role just created to an instance profile:
-/// `retry_while(Backoff::default(), |code| code == "NoSuchEntity", || add_role(..))`,
+/// should be retried: `retryable` sees the whole error (some "not yet" answers share
+/// their code with real mistakes and differ only in the message). Each retry is logged
+/// at debug level. For example, adding a role just created to an instance profile:
+/// `retry_while(Backoff::default(), |e| e.code == "NoSuchEntity", || add_role(..))`,
 /// where `add_role` returns the call's future with its error mapped to [`AwsError`].
 pub async fn retry_while<T, F, Fut>(
     bound: Backoff,
-    retryable: impl Fn(&str) -> bool,
+    retryable: impl Fn(&AwsError) -> bool,
     mut op: F,
 ) -> Result<T, AwsError>
 where
@@ -168,7 +169,7 @@ where
             Ok(out) => return Ok(out),
             Err(err) => err,
         };
-        if !retryable(&err.code) || start.elapsed() + delay > bound.deadline {
+        if !retryable(&err) || start.elapsed() + delay > bound.deadline {
             return Err(err);
         }
         tracing::debug!(
@@ -225,7 +226,7 @@ mod tests {
         let attempts = Cell::new(0);
         let out = retry_while(
             quick(10_000),
-            |code| code == "NoSuchEntity",
+            |e| e.code == "NoSuchEntity",
             || {
                 attempts.set(attempts.get() + 1);
                 let n = attempts.get();
@@ -248,7 +249,7 @@ mod tests {
         let attempts = Cell::new(0);
         let out: Result<(), AwsError> = retry_while(
             quick(10_000),
-            |code| code == "NoSuchEntity",
+            |e| e.code == "NoSuchEntity",
             || {
                 attempts.set(attempts.get() + 1);
                 let n = attempts.get();

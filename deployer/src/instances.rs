@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
-    LocationType, ResourceType, VolumeType,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, LocationType,
+    ResourceType, VolumeType,
 };
 use base64::Engine as _;
 
-use crate::aws::{AwsError, Clients};
+use crate::aws::{AwsError, Backoff, Clients, retry_while};
 use crate::config::{AmiSelector, Config};
 use crate::stack::{MANAGED_BY, tag_specification, tags_for};
 use crate::state::Color;
@@ -186,52 +187,94 @@ pub struct LaunchSpec<'a> {
     pub release: &'a str,
 }
 
+/// How long `RunInstances` is retried while EC2 does not yet see a new instance
+/// profile: terraform-provider-aws's `iamPropagationTimeout` (IAM changes reach EC2
+/// within seconds, rarely a minute).
+pub const IAM_PROPAGATION: Duration = Duration::from_secs(120);
+
+/// Whether a `RunInstances` error means "EC2 does not see the new instance profile (or
+/// its role) yet": AWS answers `InvalidParameterValue` for that, as it does for real
+/// mistakes, so the message tells them apart (as terraform-provider-aws does).
+pub fn is_profile_not_yet_visible(e: &AwsError) -> bool {
+    e.code == "InvalidParameterValue"
+        && (e.message.contains("Invalid IAM Instance Profile")
+            || e.message.contains("has no associated IAM Roles"))
+}
+
 /// Launches one instance: IMDSv2 required (`HttpTokens=required`, hop limit 1), an
-/// encrypted gp3 root volume deleted with the instance, the instance profile, and the
-/// tags (app, managed-by, color, release) on the instance and its volume.
+/// encrypted gp3 root volume deleted with the instance, the instance profile, a public
+/// address on its network interface (without one it has no route to S3 through the
+/// internet gateway, and nothing can reach it), and the tags (app, managed-by, color,
+/// release) on the instance and its volume. A profile created moments ago is retried
+/// for up to [`IAM_PROPAGATION`].
 pub async fn launch_instance(clients: &Clients, spec: &LaunchSpec<'_>) -> Result<String, AwsError> {
+    launch_instance_within(clients, spec, IAM_PROPAGATION).await
+}
+
+/// [`launch_instance`] with the propagation bound given.
+pub async fn launch_instance_within(
+    clients: &Clients,
+    spec: &LaunchSpec<'_>,
+    iam_propagation: Duration,
+) -> Result<String, AwsError> {
     let address = format!("aws_instance.{}", spec.color);
     let tags = tags_for(spec.cfg, &address, spec.color.as_str(), spec.release);
-    let out = clients
-        .ec2
-        .run_instances()
-        .image_id(&spec.ami.id)
-        .instance_type(InstanceType::from(spec.cfg.instance_type.as_str()))
-        .min_count(1)
-        .max_count(1)
-        .subnet_id(spec.subnet_id)
-        .security_group_ids(spec.security_group_id)
-        .iam_instance_profile(
-            IamInstanceProfileSpecification::builder()
-                .name(spec.instance_profile)
-                .build(),
-        )
-        .metadata_options(
-            InstanceMetadataOptionsRequest::builder()
-                .http_tokens(HttpTokensState::Required)
-                .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                .http_put_response_hop_limit(1)
-                .build(),
-        )
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(&spec.ami.root_device_name)
-                .ebs(
-                    EbsBlockDevice::builder()
-                        .encrypted(true)
-                        .delete_on_termination(true)
-                        .volume_type(VolumeType::Gp3)
-                        .volume_size(spec.cfg.root_volume_gib)
-                        .build(),
-                )
-                .build(),
-        )
-        .user_data(base64::engine::general_purpose::STANDARD.encode(spec.user_data))
-        .tag_specifications(tag_specification(ResourceType::Instance, &tags))
-        .tag_specifications(tag_specification(ResourceType::Volume, &tags))
-        .send()
-        .await
-        .map_err(|e| AwsError::new(&address, "RunInstances", e))?;
+    let user_data = base64::engine::general_purpose::STANDARD.encode(spec.user_data);
+    let bound = Backoff {
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(10),
+        deadline: iam_propagation,
+    };
+    let out = retry_while(bound, is_profile_not_yet_visible, || async {
+        clients
+            .ec2
+            .run_instances()
+            .image_id(&spec.ami.id)
+            .instance_type(InstanceType::from(spec.cfg.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .network_interfaces(
+                InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .subnet_id(spec.subnet_id)
+                    .groups(spec.security_group_id)
+                    .associate_public_ip_address(true)
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(spec.instance_profile)
+                    .build(),
+            )
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_put_response_hop_limit(1)
+                    .build(),
+            )
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(&spec.ami.root_device_name)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .encrypted(true)
+                            .delete_on_termination(true)
+                            .volume_type(VolumeType::Gp3)
+                            .volume_size(spec.cfg.root_volume_gib)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .user_data(&user_data)
+            .tag_specifications(tag_specification(ResourceType::Instance, &tags))
+            .tag_specifications(tag_specification(ResourceType::Volume, &tags))
+            .send()
+            .await
+            .map_err(|e| AwsError::new(&address, "RunInstances", e))
+    })
+    .await?;
     out.instances()
         .first()
         .and_then(|i| i.instance_id())
