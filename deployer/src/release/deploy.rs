@@ -113,16 +113,34 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Launches the idle colour's instance and records it. Returns its id.
-    async fn launch(&mut self) -> Result<String, Error> {
-        let (d, idle, release) = (self.d, self.idle, self.release);
+    /// The image to launch, once it is known that the release's binary runs on it and
+    /// on the instance type (checked before the idle colour is touched). Manifests
+    /// published before the target was recorded are not checked.
+    async fn image(&self) -> Result<instances::Ami, Error> {
+        let d = self.d;
         let ami = instances::resolve_ami(&d.clients, &d.cfg.ami.selector()).await?;
+        if let Some(target) = &self.manifest.target {
+            let archs =
+                instances::instance_type_architectures(&d.clients, &d.cfg.instance_type).await?;
+            instances::check_runs(target, &ami, &d.cfg.instance_type, &archs).map_err(|why| {
+                ReleaseError::WontRun {
+                    release: self.release.to_string(),
+                    why,
+                }
+            })?;
+        }
+        Ok(ami)
+    }
+
+    /// Launches the idle colour's instance from `ami` and records it. Returns its id.
+    async fn launch(&mut self, ami: &instances::Ami) -> Result<String, Error> {
+        let (d, idle, release) = (self.d, self.idle, self.release);
         let user_data = d.user_data(&self.manifest, self.opts.url_lifetime).await?;
         let id = instances::launch_instance(
             &d.clients,
             &LaunchSpec {
                 cfg: &d.cfg,
-                ami: &ami,
+                ami,
                 subnet_id: &self.ids.subnet,
                 security_group_id: &self.ids.security_group,
                 instance_profile: &self.ids.instance_profile,
@@ -309,8 +327,9 @@ impl Deployer {
             idle: active.map(Color::other).unwrap_or(Color::Blue),
         };
         run.check_target()?;
+        let ami = run.image().await?;
         run.replace_idle().await?;
-        let id = run.launch().await?;
+        let id = run.launch(&ami).await?;
         if let Err(e) = run.wait_and_gate(&id).await {
             return Err(run.abandon(id, e).await);
         }

@@ -69,6 +69,8 @@ pub enum ReleaseError {
         "release {release} took the Elastic IP but does not answer through the fixed address: the Elastic IP has no public address; run `deployer rollback`"
     )]
     NoPublicAddress { release: String },
+    #[error("release {release} cannot run on this stack: {why}")]
+    WontRun { release: String, why: String },
     #[error("nothing to roll back to: {0}")]
     NoRollback(String),
     #[error("instance {id} did not reach running: {why}")]
