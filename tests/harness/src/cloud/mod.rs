@@ -26,6 +26,7 @@
 //! Nothing but loopback is ever connected to: the addresses moto invents for instances
 //! (54.x, 10.x) only appear as keys of the address map.
 
+mod boot;
 pub mod eip;
 pub mod runner;
 

@@ -1,0 +1,191 @@
+//! The AWS emulator (`moto_server`) on a free loopback port.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::{
+    HarnessError, free_port, http, io_err, random_token, repo_root, spawn_watchdog, wait_for_port,
+};
+
+/// A `moto_server` on a free loopback port, with AMI validation on and the realistic
+/// AMI list in `tests/harness/amis.json`.
+#[derive(Debug)]
+pub struct Moto {
+    pub(crate) port: u16,
+    pub(crate) access_key: String,
+    pub(crate) secret_key: String,
+    pub(crate) _child: Child,
+}
+
+/// The emulator shared by every test in this process (started on first use).
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| Moto::start().unwrap_or_else(|e| panic!("starting moto_server: {e}")))
+}
+
+/// The region every emulated client uses.
+pub const REGION: &str = "us-east-1";
+
+/// The `moto_server` executable: `MOTO_SERVER`, or the project's venv.
+pub fn moto_server_bin() -> Result<PathBuf, HarnessError> {
+    let p = match std::env::var_os("MOTO_SERVER") {
+        Some(p) => PathBuf::from(p),
+        None => repo_root().join(".venv/bin/moto_server"),
+    };
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(HarnessError::Missing {
+            what: format!("moto_server at {}", p.display()),
+            hint: "run tools/bootstrap.sh (creates .venv with moto[server]), or set MOTO_SERVER"
+                .into(),
+        })
+    }
+}
+
+/// The AMI list the emulator is started with.
+pub fn amis_path() -> PathBuf {
+    repo_root().join("tests/harness/amis.json")
+}
+
+impl Moto {
+    /// Starts a private emulator (use [`moto`] for the shared one).
+    pub fn start() -> Result<Moto, HarnessError> {
+        Self::start_program(&moto_server_bin()?, None, &[])
+    }
+
+    /// Starts `program` (`moto_server`, or a Python interpreter running `script`, which
+    /// takes moto_server's arguments) with `env` added.
+    pub(crate) fn start_program(
+        bin: &Path,
+        script: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> Result<Moto, HarnessError> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(bin)
+                .args(script)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("MOTO_ENABLE_AMI_VALIDATION", "true")
+                .env("MOTO_AMIS_PATH", amis_path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(io_err(format!("starting {}", bin.display())))?;
+            spawn_watchdog(&format!("kill {} 2>/dev/null", child.id()))?;
+            if wait_for_port(port, Duration::from_secs(60)) && Self::responds(port) {
+                // Drain stderr in the background so the pipe never fills up.
+                if let Some(mut err) = child.stderr.take() {
+                    std::thread::spawn(move || {
+                        let mut sink = Vec::new();
+                        let _ = err.read_to_end(&mut sink);
+                    });
+                }
+                return Ok(Moto {
+                    port,
+                    access_key: format!("AKIA{}", random_token(16).to_uppercase()),
+                    secret_key: random_token(40),
+                    _child: child,
+                });
+            }
+            let _ = child.kill();
+            let out = child.wait_with_output().ok();
+            last = out
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+        }
+        Err(HarnessError::Failed {
+            what: "moto_server".into(),
+            detail: last,
+        })
+    }
+
+    fn responds(port: u16) -> bool {
+        http::get(port, "/moto-api/").is_ok_and(|r| r.status == 200)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a child process needs to reach this emulator through the standard
+    /// AWS SDK configuration (throwaway credentials generated for this run).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", REGION.to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ]
+    }
+
+    /// An SDK configuration pointed at this emulator.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        let creds = aws_credential_types::Credentials::new(
+            &self.access_key,
+            &self.secret_key,
+            None,
+            None,
+            "harness",
+        );
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(creds)
+            .load()
+            .await
+    }
+
+    /// An S3 client for this emulator, with path-style addressing (moto serves every
+    /// bucket on one host, so `bucket.127.0.0.1` would not resolve).
+    pub async fn s3_client(&self) -> aws_sdk_s3::Client {
+        let sdk = self.sdk_config().await;
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
+    /// An EC2 client for this emulator.
+    pub async fn ec2_client(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk_config().await)
+    }
+
+    /// Wipes every resource in this emulator. Only for a private one ([`Moto::start`]):
+    /// on the shared one it would pull the floor from under other tests.
+    pub fn reset(&self) -> Result<(), HarnessError> {
+        let r = http::post(self.port, "/moto-api/reset", "").map_err(|e| HarnessError::Failed {
+            what: "POST /moto-api/reset".into(),
+            detail: e.to_string(),
+        })?;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(HarnessError::Failed {
+                what: "POST /moto-api/reset".into(),
+                detail: format!("{} {}", r.status, r.body),
+            })
+        }
+    }
+}
+
+/// The parsed `tests/harness/amis.json` (for tests that need an
+/// AMI id or name from the emulator's list).
+pub fn amis() -> serde_json::Value {
+    let text = fs::read_to_string(amis_path()).expect("reading tests/harness/amis.json");
+    serde_json::from_str(&text).expect("tests/harness/amis.json is JSON")
+}
