@@ -185,6 +185,136 @@ where
     }
 }
 
+/// How long EC2 may take to show what was just created (terraform-provider-aws's
+/// `ec2PropagationTimeout`): a create is confirmed by reading it back within this.
+pub const EC2_PROPAGATION: Duration = Duration::from_secs(2 * 60);
+
+/// How long a delete that AWS refuses because something still depends on the resource
+/// (`DependencyViolation`, `InvalidGroup.InUse`, `InvalidIPAddress.InUse`) is retried,
+/// per resource, as terraform-provider-aws's delete timeouts: a terminated instance's
+/// interfaces, or a public address it mapped, can hold a subnet, a security group or an
+/// internet gateway for minutes on AWS.
+pub mod delete_bound {
+    use std::time::Duration;
+
+    /// `aws_security_group`: 15 minutes.
+    pub const SECURITY_GROUP: Duration = Duration::from_secs(15 * 60);
+    /// `aws_subnet`: 20 minutes.
+    pub const SUBNET: Duration = Duration::from_secs(20 * 60);
+    /// `aws_internet_gateway` (detach and delete): 15 minutes.
+    pub const INTERNET_GATEWAY: Duration = Duration::from_secs(15 * 60);
+    /// `aws_vpc`: 5 minutes.
+    pub const VPC: Duration = Duration::from_secs(5 * 60);
+    /// `aws_eip`: 3 minutes.
+    pub const EIP: Duration = Duration::from_secs(3 * 60);
+    /// `aws_route_table`: 5 minutes (a gateway endpoint's routes go with the endpoint).
+    pub const ROUTE_TABLE: Duration = Duration::from_secs(5 * 60);
+    /// `aws_vpc_endpoint`: 10 minutes.
+    pub const VPC_ENDPOINT: Duration = Duration::from_secs(10 * 60);
+}
+
+impl Backoff {
+    /// The default waits (200 ms doubling up to 5 s) for at most `deadline`.
+    pub fn for_at_most(deadline: Duration) -> Backoff {
+        Backoff {
+            deadline,
+            ..Backoff::default()
+        }
+    }
+}
+
+/// Whether `err` carries one of `codes`.
+pub fn has_code(err: &AwsError, codes: &[&str]) -> bool {
+    codes.contains(&err.code.as_str())
+}
+
+/// [`retry_while`], with each retry logged at info level (the resource, the action and
+/// AWS's code), and the error after the bound saying how long it was retried. For the
+/// waits an operator should see: a delete held by a dependency, a group not yet known.
+pub async fn retry_logged<T, F, Fut>(
+    bound: Backoff,
+    retryable: impl Fn(&AwsError) -> bool,
+    mut op: F,
+) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut delay = bound.first_delay;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut err = match op().await {
+            Ok(out) => return Ok(out),
+            Err(err) => err,
+        };
+        if !retryable(&err) {
+            return Err(err);
+        }
+        if start.elapsed() + delay > bound.deadline {
+            err.message = format!(
+                "{} (still refused after {attempt} attempts in {:.0?}, the bound is {:?})",
+                err.message,
+                start.elapsed(),
+                bound.deadline
+            );
+            return Err(err);
+        }
+        tracing::info!(
+            "{}: {} refused with {} ({}), retrying in {delay:.1?} (attempt {attempt})",
+            err.resource,
+            err.action,
+            err.code,
+            err.message
+        );
+        tokio::time::sleep(delay).await;
+        delay = bound.next_delay(delay);
+    }
+}
+
+/// Polls `op` until it returns `Some`, for at most `bound.deadline`; then fails with
+/// an error naming `resource` and `action` (code `NotYetConsistent`, the message saying
+/// it was still not `awaited` and for how long): for what AWS shows only after a
+/// moment, such as a resource just created (`awaited`: "visible") or being deleted
+/// ("gone"). Each new read is logged at info level.
+pub async fn poll_until_some<T, F, Fut>(
+    bound: Backoff,
+    resource: &str,
+    action: &'static str,
+    awaited: &str,
+    mut op: F,
+) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, AwsError>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut delay = bound.first_delay;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        if let Some(out) = op().await? {
+            return Ok(out);
+        }
+        if start.elapsed() + delay > bound.deadline {
+            return Err(AwsError {
+                resource: resource.to_string(),
+                action,
+                code: "NotYetConsistent".into(),
+                message: format!(
+                    "still not {awaited} after {attempt} reads in {:.0?} (the bound is {:?})",
+                    start.elapsed(),
+                    bound.deadline
+                ),
+            });
+        }
+        tracing::info!("{resource}: not {awaited} yet ({action}), reading again in {delay:.1?}");
+        tokio::time::sleep(delay).await;
+        delay = bound.next_delay(delay);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
@@ -283,5 +413,66 @@ mod tests {
         // never waits longer than the cap.
         assert!(elapsed > Duration::from_millis(40 - 4), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(40 + 500), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn retry_logged_says_how_long_it_tried_after_the_bound() {
+        let attempts = Cell::new(0);
+        let out: Result<(), AwsError> = retry_logged(
+            quick(20),
+            |e| has_code(e, &["DependencyViolation"]),
+            || {
+                attempts.set(attempts.get() + 1);
+                let n = attempts.get();
+                async move { Err(failure("DependencyViolation", n)) }
+            },
+        )
+        .await;
+        let err = out.expect_err("never succeeds");
+        assert_eq!(err.code, "DependencyViolation");
+        assert!(
+            err.message
+                .starts_with(&format!("attempt {}", attempts.get()))
+        );
+        assert!(
+            err.message.contains("still refused after"),
+            "{}",
+            err.message
+        );
+        // Another code is not retried.
+        let once: Result<(), AwsError> = retry_logged(
+            quick(10_000),
+            |e| has_code(e, &["DependencyViolation"]),
+            || async { Err(failure("AccessDenied", 1)) },
+        )
+        .await;
+        assert_eq!(once.expect_err("fails").message, "attempt 1");
+    }
+
+    #[tokio::test]
+    async fn poll_until_some_waits_for_a_value_or_names_what_it_awaited() {
+        let reads = Cell::new(0);
+        let got = poll_until_some(quick(10_000), "aws_subnet.main", "Read", "visible", || {
+            reads.set(reads.get() + 1);
+            let n = reads.get();
+            async move { Ok((n >= 3).then_some(n)) }
+        })
+        .await;
+        assert_eq!(got.ok(), Some(3));
+        let never: Result<(), AwsError> =
+            poll_until_some(quick(20), "aws_subnet.main", "Read", "visible", || async {
+                Ok(None)
+            })
+            .await;
+        let err = never.expect_err("times out");
+        assert_eq!(
+            (err.resource.as_str(), err.action, err.code.as_str()),
+            ("aws_subnet.main", "Read", "NotYetConsistent")
+        );
+        assert!(
+            err.message.starts_with("still not visible after"),
+            "{}",
+            err.message
+        );
     }
 }
