@@ -5,11 +5,16 @@
 //! returns; if the process dies in between, the next refresh finds it by its tags
 //! (EC2), its fixed name (IAM) or its parents (attachment, route, association) and
 //! adopts it instead of creating a second one.
+//!
+//! Eventual consistency: a create is confirmed by reading it back, polled for up to
+//! [`CREATE_CONFIRMATION`] (AWS can briefly answer "not found" for what it just created),
+//! and recorded with the attributes read. A resource that never reads back within the
+//! bound is recorded with its id (no attributes), and the apply fails naming it.
 
 use std::time::Duration;
 
 use crate::Error;
-use crate::aws::Clients;
+use crate::aws::{Backoff, Clients, EC2_PROPAGATION, poll_until_some};
 use crate::instances;
 use crate::lock::LockGuard;
 use crate::plan::{Action, Observed, Plan};
@@ -46,6 +51,10 @@ async fn step_delay() {
 
 #[cfg(not(feature = "test-hooks"))]
 async fn step_delay() {}
+
+/// How long a create is read back before it counts as failed: terraform-provider-aws's
+/// EC2 propagation timeout.
+pub const CREATE_CONFIRMATION: Duration = EC2_PROPAGATION;
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -149,16 +158,26 @@ pub async fn apply(
                 tracing::info!("{}: creating...", change.address);
                 let id = stack.create(kind, &ids).await?;
                 fault_point(&format!("after-create:{}", change.address)).await;
-                let attributes = stack.read(kind, &id).await?.unwrap_or_default();
+                // Confirmed by reading it back: a first read can miss it.
+                let confirmed = poll_until_some(
+                    Backoff::for_at_most(CREATE_CONFIRMATION),
+                    &change.address,
+                    "ReadAfterCreate",
+                    "visible",
+                    || stack.read(kind, &id),
+                )
+                .await;
                 ids.insert(kind, id.clone());
                 state.resources.insert(
                     change.address.clone(),
                     ResourceState {
                         id: id.clone(),
-                        attributes,
+                        attributes: confirmed.as_ref().cloned().unwrap_or_default(),
                     },
                 );
                 store.write(state).await?;
+                // Recorded either way (it exists, or will): then fail if it never showed.
+                confirmed?;
                 fault_point(&format!("after-record:{}", change.address)).await;
                 tracing::info!("{}: creation complete [id={id}]", change.address);
                 done.added += 1;

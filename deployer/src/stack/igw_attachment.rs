@@ -1,11 +1,15 @@
 //! `aws_internet_gateway_attachment.main`: the internet gateway attached to the VPC.
 //! Its id is `<igw id>:<vpc id>`; it has no tags and is found through the gateway.
+//!
+//! AWS refuses to detach the gateway while public addresses are mapped in the VPC
+//! (`DependencyViolation`), which a just-terminated instance's address still is for a
+//! while: `delete` retries it for up to [`delete_bound::INTERNET_GATEWAY`].
 
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, parent_id};
-use crate::aws::{AwsError, or_absent};
+use super::{Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, delete_while, parent_id};
+use crate::aws::{AwsError, delete_bound, or_absent};
 use crate::config::Config;
 
 const KIND: Kind = Kind::IgwAttachment;
@@ -97,15 +101,20 @@ impl Resource for IgwAttachment {
         let Some((igw, vpc)) = id.split_once(':') else {
             return Ok(());
         };
-        let out = s
-            .clients
-            .ec2
-            .detach_internet_gateway()
-            .internet_gateway_id(igw)
-            .vpc_id(vpc)
-            .send()
-            .await;
-        or_absent(out, &KIND.address(), "DetachInternetGateway")?;
-        Ok(())
+        delete_while(
+            KIND,
+            "DetachInternetGateway",
+            &["DependencyViolation"],
+            delete_bound::INTERNET_GATEWAY,
+            || {
+                s.clients
+                    .ec2
+                    .detach_internet_gateway()
+                    .internet_gateway_id(igw)
+                    .vpc_id(vpc)
+                    .send()
+            },
+        )
+        .await
     }
 }

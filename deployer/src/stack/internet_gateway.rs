@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use aws_sdk_ec2::types::ResourceType;
 
-use super::{Actual, Ids, Kind, Known, Resource, Stack, Want, created_id, tags};
-use crate::aws::{AwsError, or_absent};
+use super::{Actual, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while, tags};
+use crate::aws::{AwsError, delete_bound, or_absent};
 use crate::config::Config;
 
 const KIND: Kind = Kind::InternetGateway;
@@ -68,14 +68,20 @@ impl Resource for InternetGateway {
     }
 
     async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .delete_internet_gateway()
-            .internet_gateway_id(id)
-            .send()
-            .await;
-        or_absent(out, &KIND.address(), "DeleteInternetGateway")?;
-        Ok(())
+        // Refused while it is still attached with addresses mapped (as terraform does).
+        delete_while(
+            KIND,
+            "DeleteInternetGateway",
+            &["DependencyViolation"],
+            delete_bound::INTERNET_GATEWAY,
+            || {
+                s.clients
+                    .ec2
+                    .delete_internet_gateway()
+                    .internet_gateway_id(id)
+                    .send()
+            },
+        )
+        .await
     }
 }

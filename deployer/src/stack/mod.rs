@@ -27,11 +27,13 @@
 //!    `destroy` then handle it with nothing else to change.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use serde_json::Value;
 
-use crate::aws::{AwsError, Clients};
+use crate::aws::{AwsError, Backoff, Clients, has_code, or_absent, retry_logged};
 use crate::config::Config;
 
 mod eip;
@@ -49,6 +51,7 @@ mod security_group;
 mod subnet;
 mod tags;
 mod vpc;
+mod vpc_endpoint;
 
 pub use crate::aws::is_not_found;
 pub use iam_role::role_name;
@@ -58,6 +61,7 @@ pub use policy::{artifact_read_policy, assume_role_policy, policy_json};
 pub use rules::{parse_rule, rule_strings};
 pub use security_group::{security_group_name, wanted_ingress};
 pub use tags::{ADDRESS_TAG, MANAGED_BY, tag_specification, tags_for};
+pub use vpc_endpoint::s3_service_name;
 
 /// The registry: one line per resource, in dependency order (creation order; deletion
 /// runs it backwards): `Variant => module, "type", "name";` says that the resources
@@ -101,6 +105,7 @@ registry! {
     RouteTable => route_table, "aws_route_table", "main";
     Route => route, "aws_route", "default";
     RouteTableAssociation => route_table_association, "aws_route_table_association", "main";
+    VpcEndpoint => vpc_endpoint, "aws_vpc_endpoint", "s3";
     SecurityGroup => security_group, "aws_security_group", "api";
     IamRole => iam_role, "aws_iam_role", "instance";
     IamRolePolicy => iam_role_policy, "aws_iam_role_policy", "artifact_read";
@@ -259,6 +264,36 @@ fn parent_id(ids: &Ids, kind: Kind, parent: Kind) -> Result<String, AwsError> {
 fn created_id(kind: Kind, action: &'static str, id: Option<&str>) -> Result<String, AwsError> {
     id.map(str::to_string)
         .ok_or_else(|| AwsError::other(kind.address(), action, "the answer carries no id".into()))
+}
+
+/// Runs `call`, a delete of `kind`, retried while AWS refuses it with one of `codes`
+/// (something still depends on it: `DependencyViolation`, `InvalidGroup.InUse`), for at
+/// most `bound`; each retry is logged at info level with AWS's code. One already gone
+/// is not an error; after the bound the error names the resource, `action` and AWS's
+/// code.
+async fn delete_while<T, E, F, Fut>(
+    kind: Kind,
+    action: &'static str,
+    codes: &[&str],
+    bound: Duration,
+    mut call: F,
+) -> Result<(), AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    let addr = kind.address();
+    retry_logged(
+        Backoff::for_at_most(bound),
+        |e| has_code(e, codes),
+        || {
+            let answer = call();
+            let addr = &addr;
+            async move { or_absent(answer.await, addr, action).map(|_| ()) }
+        },
+    )
+    .await
 }
 
 /// The wanted attributes of `kind`, given the ids of the parents that will still be

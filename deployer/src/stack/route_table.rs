@@ -5,9 +5,10 @@ use async_trait::async_trait;
 use aws_sdk_ec2::types::ResourceType;
 
 use super::{
-    Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, parent_id, str_value, tags,
+    Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while, parent_id,
+    str_value, tags,
 };
-use crate::aws::{AwsError, or_absent};
+use crate::aws::{AwsError, delete_bound, or_absent};
 use crate::config::Config;
 
 const KIND: Kind = Kind::RouteTable;
@@ -74,14 +75,14 @@ impl Resource for RouteTable {
     }
 
     async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .delete_route_table()
-            .route_table_id(id)
-            .send()
-            .await;
-        or_absent(out, &KIND.address(), "DeleteRouteTable")?;
-        Ok(())
+        // A gateway endpoint being deleted can hold it for a moment.
+        delete_while(
+            KIND,
+            "DeleteRouteTable",
+            &["DependencyViolation"],
+            delete_bound::ROUTE_TABLE,
+            || s.clients.ec2.delete_route_table().route_table_id(id).send(),
+        )
+        .await
     }
 }

@@ -1,5 +1,12 @@
 //! `aws_security_group.api`: the API port open to the world, SSH to one CIDR if
 //! configured. Found by its tags; its ingress rules are updated in place.
+//!
+//! AWS's eventual consistency, handled as terraform-provider-aws does: a new group is
+//! unknown to EC2 for a moment (`InvalidGroup.NotFound`), so `create` reads it back
+//! until it is visible before authorizing its ingress, and every rule change is retried
+//! on `InvalidGroup.NotFound`, within [`EC2_PROPAGATION`]. A terminated instance's
+//! interfaces keep the group in use for a while: `delete` retries `DependencyViolation`
+//! and `InvalidGroup.InUse` for up to [`delete_bound::SECURITY_GROUP`].
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{IpPermission, ResourceType};
@@ -7,10 +14,12 @@ use serde_json::json;
 
 use super::rules::{parse_rule, rule_strings};
 use super::{
-    Actual, Attr, Change, Ids, Kind, Known, Resource, Stack, Want, created_id, parent_id,
-    str_value, tags,
+    Actual, Attr, Change, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while,
+    parent_id, str_value, tags,
 };
-use crate::aws::{AwsError, or_absent};
+use crate::aws::{
+    AwsError, Backoff, EC2_PROPAGATION, delete_bound, or_absent, poll_until_some, retry_logged,
+};
 use crate::config::Config;
 
 const KIND: Kind = Kind::SecurityGroup;
@@ -102,6 +111,15 @@ impl Resource for SecurityGroup {
             .await
             .map_err(|e| AwsError::new(KIND.address(), "CreateSecurityGroup", e))?;
         let id = created_id(KIND, "CreateSecurityGroup", out.group_id())?;
+        // EC2 knows the new group only after a moment: wait until it reads back.
+        poll_until_some(
+            Backoff::for_at_most(EC2_PROPAGATION),
+            &KIND.address(),
+            "DescribeSecurityGroups",
+            "visible",
+            || self.read(s, &id),
+        )
+        .await?;
         // Ingress is converged right away; a crash in between shows as drift.
         set_ingress(s, &id, &[], &wanted_ingress(s.cfg)).await?;
         Ok(id)
@@ -120,15 +138,14 @@ impl Resource for SecurityGroup {
     }
 
     async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .delete_security_group()
-            .group_id(id)
-            .send()
-            .await;
-        or_absent(out, &KIND.address(), "DeleteSecurityGroup")?;
-        Ok(())
+        delete_while(
+            KIND,
+            "DeleteSecurityGroup",
+            &["DependencyViolation", "InvalidGroup.InUse"],
+            delete_bound::SECURITY_GROUP,
+            || s.clients.ec2.delete_security_group().group_id(id).send(),
+        )
+        .await
     }
 }
 
@@ -150,25 +167,34 @@ async fn set_ingress(
         .filter(|r| !have.contains(r))
         .filter_map(|r| parse_rule(r))
         .collect();
+    // A group created a moment ago can still be unknown here.
+    let not_yet = |e: &AwsError| e.code == "InvalidGroup.NotFound";
+    let bound = Backoff::for_at_most(EC2_PROPAGATION);
     if !extra.is_empty() {
-        s.clients
-            .ec2
-            .revoke_security_group_ingress()
-            .group_id(group)
-            .set_ip_permissions(Some(extra))
-            .send()
-            .await
-            .map_err(|e| AwsError::new(&addr, "RevokeSecurityGroupIngress", e))?;
+        retry_logged(bound, not_yet, || async {
+            s.clients
+                .ec2
+                .revoke_security_group_ingress()
+                .group_id(group)
+                .set_ip_permissions(Some(extra.clone()))
+                .send()
+                .await
+                .map_err(|e| AwsError::new(&addr, "RevokeSecurityGroupIngress", e))
+        })
+        .await?;
     }
     if !missing.is_empty() {
-        s.clients
-            .ec2
-            .authorize_security_group_ingress()
-            .group_id(group)
-            .set_ip_permissions(Some(missing))
-            .send()
-            .await
-            .map_err(|e| AwsError::new(&addr, "AuthorizeSecurityGroupIngress", e))?;
+        retry_logged(bound, not_yet, || async {
+            s.clients
+                .ec2
+                .authorize_security_group_ingress()
+                .group_id(group)
+                .set_ip_permissions(Some(missing.clone()))
+                .send()
+                .await
+                .map_err(|e| AwsError::new(&addr, "AuthorizeSecurityGroupIngress", e))
+        })
+        .await?;
     }
     Ok(())
 }

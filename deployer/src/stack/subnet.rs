@@ -1,12 +1,19 @@
 //! `aws_subnet.main`: the one public subnet of the VPC. Found by its tags.
+//!
+//! Its zone is the configured `availability_zone`, else the first zone (sorted) that
+//! offers the configured instance type (`DescribeInstanceTypeOfferings`): EC2's own
+//! choice may not offer it, and every launch would then fail. A terminated instance's
+//! interfaces keep the subnet busy for a while: `delete` retries `DependencyViolation`
+//! for up to [`delete_bound::SUBNET`].
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::ResourceType;
 
 use super::{
-    Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, parent_id, str_value, tags,
+    Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while, parent_id,
+    str_value, tags,
 };
-use crate::aws::{AwsError, or_absent};
+use crate::aws::{AwsError, delete_bound, or_absent};
 use crate::config::Config;
 
 const KIND: Kind = Kind::Subnet;
@@ -60,13 +67,18 @@ impl Resource for Subnet {
     }
 
     async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {
+        let vpc = parent_id(ids, KIND, Kind::Vpc)?;
+        let zone = match &s.cfg.availability_zone {
+            Some(zone) => zone.clone(),
+            None => first_zone_offering(s).await?,
+        };
         let out = s
             .clients
             .ec2
             .create_subnet()
-            .vpc_id(parent_id(ids, KIND, Kind::Vpc)?)
+            .vpc_id(vpc)
             .cidr_block(&s.cfg.subnet_cidr)
-            .set_availability_zone(s.cfg.availability_zone.clone())
+            .availability_zone(zone)
             .tag_specifications(tags::spec(s.cfg, KIND, ResourceType::Subnet))
             .send()
             .await
@@ -79,8 +91,29 @@ impl Resource for Subnet {
     }
 
     async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError> {
-        let out = s.clients.ec2.delete_subnet().subnet_id(id).send().await;
-        or_absent(out, &KIND.address(), "DeleteSubnet")?;
-        Ok(())
+        delete_while(
+            KIND,
+            "DeleteSubnet",
+            &["DependencyViolation"],
+            delete_bound::SUBNET,
+            || s.clients.ec2.delete_subnet().subnet_id(id).send(),
+        )
+        .await
     }
+}
+
+/// The first zone (sorted) of the region that offers the configured instance type.
+async fn first_zone_offering(s: &Stack<'_>) -> Result<String, AwsError> {
+    let ty = &s.cfg.instance_type;
+    let zones = crate::instances::zones_offering(s.clients, ty).await?;
+    zones.into_iter().next().ok_or_else(|| AwsError {
+        resource: KIND.address(),
+        action: "DescribeInstanceTypeOfferings",
+        code: "NoOffering".into(),
+        message: format!(
+            "no availability zone of {} offers the instance type {ty}: choose another \
+             instance_type (or region)",
+            s.cfg.region
+        ),
+    })
 }

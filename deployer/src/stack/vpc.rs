@@ -3,8 +3,11 @@
 use async_trait::async_trait;
 use aws_sdk_ec2::types::ResourceType;
 
-use super::{Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, str_value, tags};
-use crate::aws::{AwsError, or_absent};
+use super::{
+    Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while, str_value,
+    tags,
+};
+use crate::aws::{AwsError, delete_bound, or_absent};
 use crate::config::Config;
 
 const KIND: Kind = Kind::Vpc;
@@ -64,8 +67,15 @@ impl Resource for Vpc {
     }
 
     async fn delete(&self, s: &Stack<'_>, id: &str) -> Result<(), AwsError> {
-        let out = s.clients.ec2.delete_vpc().vpc_id(id).send().await;
-        or_absent(out, &KIND.address(), "DeleteVpc")?;
-        Ok(())
+        // What was in it (an endpoint's interfaces, a terminated instance's) can take a
+        // moment to go.
+        delete_while(
+            KIND,
+            "DeleteVpc",
+            &["DependencyViolation"],
+            delete_bound::VPC,
+            || s.clients.ec2.delete_vpc().vpc_id(id).send(),
+        )
+        .await
     }
 }
