@@ -1,11 +1,17 @@
 //! `apply` killed with SIGKILL at several points, then run again: the emulator's
 //! resources match the state one to one, nothing leaked or duplicated. And after
-//! `destroy`, nothing tagged by the deployer is left (in an emulator of its own).
+//! `destroy`, nothing tagged by the deployer is left (in an emulator of its own). All on
+//! the emulator with AWS's eventual consistency and refusals on.
 
 mod common;
 
 use aws_sdk_ec2::types::Filter;
 use common::{Setup, assert_state_matches_emulator, setup};
+
+/// The emulator with AWS's delays on (the shared local cloud's).
+fn cloud() -> &'static harness::Moto {
+    harness::cloud::shared().moto()
+}
 
 /// Kills an apply at each of `points` in turn (each run resumes the previous one),
 /// then lets one finish.
@@ -29,7 +35,7 @@ async fn crash_and_converge(s: &Setup, points: &[&str]) {
 // The worst window: the resource exists in AWS, the state does not know it yet.
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_between_create_and_state_write_ec2_resources() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     crash_and_converge(
         &s,
@@ -45,7 +51,7 @@ async fn killed_between_create_and_state_write_ec2_resources() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_between_create_and_state_write_routes_and_security_group() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     crash_and_converge(
         &s,
@@ -53,6 +59,7 @@ async fn killed_between_create_and_state_write_routes_and_security_group() {
             "after-create:aws_route_table.main",
             "after-create:aws_route.default",
             "after-create:aws_route_table_association.main",
+            "after-create:aws_vpc_endpoint.s3",
             "after-create:aws_security_group.api",
         ],
     )
@@ -61,7 +68,7 @@ async fn killed_between_create_and_state_write_routes_and_security_group() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_between_create_and_state_write_iam_and_eip() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     crash_and_converge(
         &s,
@@ -77,7 +84,7 @@ async fn killed_between_create_and_state_write_iam_and_eip() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_before_creates_and_after_state_writes() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     crash_and_converge(
         &s,
@@ -94,7 +101,7 @@ async fn killed_before_creates_and_after_state_writes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_during_destroy_then_destroy_again_leaves_nothing() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     s.ok(&["apply", "--auto-approve"]);
     let run = s.start_until(
@@ -164,6 +171,21 @@ async fn assert_nothing_tagged_for_app(s: &Setup) {
             .expect("sgs")
             .security_groups()
             .is_empty()
+    );
+    assert!(
+        c.ec2
+            .describe_vpc_endpoints()
+            .filters(f("tag:app", app))
+            .send()
+            .await
+            .expect("endpoints")
+            .vpc_endpoints()
+            .iter()
+            .all(|v| v
+                .state()
+                .map(|s| s.as_str().to_ascii_lowercase())
+                .as_deref()
+                == Some("deleted"))
     );
     assert!(
         c.ec2
@@ -243,6 +265,19 @@ async fn exists(c: &deployer::aws::Clients, id: &str) -> bool {
             .send()
             .await
             .is_ok_and(|o| !o.security_groups().is_empty()),
+        "vpce" => e
+            .describe_vpc_endpoints()
+            .vpc_endpoint_ids(id)
+            .send()
+            .await
+            .is_ok_and(|o| {
+                o.vpc_endpoints().iter().any(|v| {
+                    v.state()
+                        .map(|s| s.as_str().to_ascii_lowercase())
+                        .as_deref()
+                        != Some("deleted")
+                })
+            }),
         "eipalloc" => e
             .describe_addresses()
             .allocation_ids(id)
@@ -263,8 +298,9 @@ async fn exists(c: &deployer::aws::Clients, id: &str) -> bool {
 /// tags (instances terminated), and the IAM role and profile are gone.
 #[tokio::test(flavor = "multi_thread")]
 async fn after_destroy_nothing_tagged_by_the_deployer_is_left() {
-    let private: &'static harness::Moto =
-        Box::leak(Box::new(harness::Moto::start().expect("moto")));
+    let private: &'static harness::Moto = Box::leak(Box::new(
+        harness::Moto::start_aws_like(&harness::cloud::AwsBehaviour::aws_like()).expect("moto"),
+    ));
     let s = setup(private);
     s.ok(&["init"]);
     s.ok(&["apply", "--auto-approve"]);
@@ -289,6 +325,19 @@ async fn after_destroy_nothing_tagged_by_the_deployer_is_left() {
         )
         .await
         .expect("launch");
+    }
+    // These launches are not in the state (the test made them, not a deploy), and new
+    // instance ids are missing from listings for a moment: wait until both are listed,
+    // as `destroy` finds them by their tags.
+    let started = std::time::Instant::now();
+    while deployer::instances::find_instances(&d.clients, &d.cfg)
+        .await
+        .expect("find")
+        .len()
+        < 2
+    {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let c = &d.clients;
     let tagged = || async {
@@ -319,14 +368,14 @@ async fn after_destroy_nothing_tagged_by_the_deployer_is_left() {
     let plan = s.ok(&["plan", "--destroy"]);
     assert!(
         plan.stdout
-            .contains("Plan: 0 to add, 0 to change, 14 to destroy."),
+            .contains("Plan: 0 to add, 0 to change, 15 to destroy."),
         "{}",
         plan.stdout
     );
     let r = s.ok(&["destroy", "--auto-approve"]);
     assert!(
         r.stdout
-            .contains("Destroy complete! Resources: 14 destroyed."),
+            .contains("Destroy complete! Resources: 15 destroyed."),
         "{}",
         r.all()
     );

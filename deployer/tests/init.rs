@@ -8,9 +8,10 @@ use common::setup;
 
 #[tokio::test]
 async fn init_creates_the_artifacts_bucket_so_a_fresh_account_can_publish() {
-    // A private emulator: a fresh account with no bucket at all.
+    // A private emulator: a fresh account with no bucket at all (AWS's delays on).
     let moto: &'static harness::Moto = Box::leak(Box::new(
-        harness::Moto::start().expect("a private moto_server"),
+        harness::Moto::start_aws_like(&harness::cloud::AwsBehaviour::aws_like())
+            .expect("a private moto_server"),
     ));
     let s = setup(moto);
     let d = s.deployer().await;

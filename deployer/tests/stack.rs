@@ -1,5 +1,7 @@
 //! plan / apply / drift / saved plans / security properties / instance launch, against
-//! the emulator (AMI validation on, the realistic AMI list).
+//! the emulator (AMI validation on, the realistic AMI list) of the shared local cloud:
+//! AWS's eventual consistency and refusals on, so every command must succeed on its
+//! first run as it would on AWS.
 
 mod common;
 
@@ -7,13 +9,18 @@ use aws_sdk_ec2::types::{HttpTokensState, IpPermission, IpRange};
 use common::{Setup, assert_state_matches_emulator, path_str, setup, setup_with};
 use deployer::stack::{Kind, STACK};
 
+/// The emulator with AWS's delays on (the shared local cloud's).
+fn cloud() -> &'static harness::Moto {
+    harness::cloud::shared().moto()
+}
+
 fn all_addresses() -> Vec<String> {
     STACK.iter().map(|(k, _)| k.address()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plan_on_empty_state_lists_every_resource_then_apply_then_no_changes() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
 
     let plan = s.run(&["plan", "--detailed-exitcode"]);
@@ -32,17 +39,17 @@ async fn plan_on_empty_state_lists_every_resource_then_apply_then_no_changes() {
     );
     assert!(
         plan.stdout
-            .contains("Plan: 12 to add, 0 to change, 0 to destroy."),
+            .contains("Plan: 13 to add, 0 to change, 0 to destroy."),
         "{}",
         plan.stdout
     );
 
     let json = s.ok(&["plan", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("plan --json is JSON");
-    assert_eq!(v["summary"]["add"], 12);
+    assert_eq!(v["summary"]["add"], 13);
     assert_eq!(v["operation"], "apply");
     let changes = v["changes"].as_array().expect("changes");
-    assert_eq!(changes.len(), 12);
+    assert_eq!(changes.len(), 13);
     assert!(changes.iter().all(|c| c["action"] == "create"));
 
     // Without a terminal and without --auto-approve, apply refuses.
@@ -67,7 +74,7 @@ async fn plan_on_empty_state_lists_every_resource_then_apply_then_no_changes() {
     assert!(
         applied
             .stdout
-            .contains("Apply complete! Resources: 12 added, 0 changed, 0 destroyed"),
+            .contains("Apply complete! Resources: 13 added, 0 changed, 0 destroyed"),
         "{}",
         applied.all()
     );
@@ -78,7 +85,7 @@ async fn plan_on_empty_state_lists_every_resource_then_apply_then_no_changes() {
 
     let state = assert_state_matches_emulator(&s).await;
     assert!(
-        state.serial >= 12,
+        state.serial >= 13,
         "one write per created resource at least: {}",
         state.serial
     );
@@ -121,7 +128,7 @@ async fn plan_on_empty_state_lists_every_resource_then_apply_then_no_changes() {
             .await
             .expect("versions");
     assert!(
-        versions.versions().len() >= 12,
+        versions.versions().len() >= 13,
         "{}",
         versions.versions().len()
     );
@@ -129,7 +136,7 @@ async fn plan_on_empty_state_lists_every_resource_then_apply_then_no_changes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hand_made_ingress_rule_is_drift_and_apply_removes_it() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     s.ok(&["apply", "--auto-approve"]);
     let state = s.deployer().await.read_state().await.expect("state");
@@ -207,16 +214,16 @@ async fn hand_made_ingress_rule_is_drift_and_apply_removes_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn saved_plan_applies_when_nothing_moved() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     let saved = s.dir.join("first.plan.json");
     let p = s.run(&["plan", "--out", path_str(&saved), "--detailed-exitcode"]);
     assert_eq!(p.code, 2, "{}", p.all());
     assert!(p.stdout.contains("state serial 0"), "{}", p.stdout);
     let applied = s.ok(&["apply", path_str(&saved)]);
-    assert!(applied.stdout.contains("12 added"), "{}", applied.all());
+    assert!(applied.stdout.contains("13 added"), "{}", applied.all());
     assert_state_matches_emulator(&s).await;
-    // The same file again: the state moved (serial 0 → 12+).
+    // The same file again: the state moved (serial 0 → 13+).
     let again = s.run(&["apply", path_str(&saved)]);
     assert_eq!(again.code, 1, "{}", again.all());
     assert!(again.stderr.contains("the state moved"), "{}", again.stderr);
@@ -243,7 +250,7 @@ async fn ingress(s: &Setup, sg: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn security_group_admits_only_the_api_port_and_ssh_only_from_its_cidr() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     s.ok(&["apply", "--auto-approve"]);
     let state = s.deployer().await.read_state().await.expect("state");
@@ -281,7 +288,7 @@ async fn security_group_admits_only_the_api_port_and_ssh_only_from_its_cidr() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instance_profile_policy_names_only_the_artifact_prefixes() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     s.ok(&["apply", "--auto-approve"]);
     let c = s.clients().await;
@@ -352,7 +359,7 @@ async fn instance_profile_policy_names_only_the_artifact_prefixes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn launched_instances_require_imdsv2_and_have_an_encrypted_root_volume() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     s.ok(&["apply", "--auto-approve"]);
     let d = s.deployer().await;
@@ -402,14 +409,25 @@ async fn launched_instances_require_imdsv2_and_have_an_encrypted_root_volume() {
     .await
     .expect("launch");
 
-    let out = d
-        .clients
-        .ec2
-        .describe_instances()
-        .instance_ids(&id)
-        .send()
-        .await
-        .expect("describe");
+    // A new instance id is unknown to DescribeInstances for a moment: read until shown.
+    let started = std::time::Instant::now();
+    let out = loop {
+        match d
+            .clients
+            .ec2
+            .describe_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+        {
+            Ok(out) => break out,
+            Err(e) if started.elapsed() < std::time::Duration::from_secs(30) => {
+                eprintln!("not visible yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("describe {id}: {e:?}"),
+        }
+    };
     let inst = out.reservations()[0].instances()[0].clone();
     assert_eq!(
         inst.metadata_options().and_then(|m| m.http_tokens()),
@@ -484,7 +502,7 @@ async fn launched_instances_require_imdsv2_and_have_an_encrypted_root_volume() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_config_is_refused_naming_line_and_key() {
-    let s = setup_with(harness::moto(), &[]);
+    let s = setup_with(cloud(), &[]);
     let mut text = std::fs::read_to_string(&s.config_path).expect("cfg");
     text = text.replace("api_port = 8080", "api_port = 70000");
     std::fs::write(&s.config_path, &text).expect("write");
@@ -511,7 +529,7 @@ async fn broken_config_is_refused_naming_line_and_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn aws_errors_name_the_resource_the_action_and_the_code() {
     // No `init`: the lock table and the state bucket do not exist.
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     let r = s.run(&["plan"]);
     assert_eq!(r.code, 1, "{}", r.all());
     let last = r
@@ -536,7 +554,7 @@ async fn aws_errors_name_the_resource_the_action_and_the_code() {
 
     // With S3 locking, the missing bucket is named with the action and the code.
     let s = setup_with(
-        harness::moto(),
+        cloud(),
         &[("lock", "backend", toml::Value::String("s3".into()))],
     );
     let r = s.run(&["plan", "--no-lock"]);
@@ -553,7 +571,7 @@ async fn aws_errors_name_the_resource_the_action_and_the_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn changing_the_vpc_cidr_replaces_the_network_in_dependency_order() {
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     s.ok(&["apply", "--auto-approve"]);
     let before = s.deployer().await.read_state().await.expect("state");
@@ -583,15 +601,16 @@ async fn changing_the_vpc_cidr_replaces_the_network_in_dependency_order() {
         out.contains("-> (known after apply) # forces replacement"),
         "{out}"
     );
-    // VPC, subnet, attachment, route table, route, association, security group.
+    // VPC, subnet, attachment, route table, route, association, S3 endpoint,
+    // security group.
     assert!(
-        out.contains("Plan: 7 to add, 0 to change, 7 to destroy."),
+        out.contains("Plan: 8 to add, 0 to change, 8 to destroy."),
         "{out}"
     );
 
     let r = s.ok(&["apply", "--auto-approve"]);
     assert!(
-        r.stdout.contains("7 added, 0 changed, 7 destroyed"),
+        r.stdout.contains("8 added, 0 changed, 8 destroyed"),
         "{}",
         r.all()
     );
@@ -626,7 +645,7 @@ async fn apply_in_a_terminal_asks_and_only_yes_applies() {
         eprintln!("skipped: util-linux `script` is not installed");
         return;
     }
-    let s = setup(harness::moto());
+    let s = setup(cloud());
     s.ok(&["init"]);
     let in_tty = |answer: &str| {
         let inner = format!(
@@ -661,7 +680,7 @@ async fn apply_in_a_terminal_asks_and_only_yes_applies() {
 
     let yes = in_tty("yes");
     assert!(
-        yes.stdout.contains("Apply complete! Resources: 12 added"),
+        yes.stdout.contains("Apply complete! Resources: 13 added"),
         "{}",
         yes.all()
     );
