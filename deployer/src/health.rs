@@ -4,12 +4,17 @@
 //! Safety rule: a probe goes to loopback (127.0.0.0/8, ::1) only, unless the operator
 //! passes `--allow-public-probes` (production, where instances are real). In tests and
 //! the local demo the emulator invents instance addresses (54.x, 10.x) for machines
-//! that do not exist; the real servers are processes on 127.0.0.1 named by endpoint
-//! overrides (`--endpoint blue=http://127.0.0.1:PORT`). Anything else is refused
-//! before a socket is opened.
+//! that do not exist. There the probe path is the production one (an instance's own
+//! public address, then the Elastic IP's own address) with one translation in front:
+//! an address map (`--address-map FILE`, kept by the local cloud) from each instance's
+//! emulator address to the loopback stand-in its booted server listens on. What the map
+//! gives must itself be loopback; an address it lacks is never connected to. Endpoint
+//! overrides (`--endpoint blue=http://127.0.0.1:PORT`) name a colour's server outright.
+//! Anything else is refused before a socket is opened.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty, Limited};
@@ -32,6 +37,16 @@ pub enum ProbeError {
     NotLoopback { target: String },
     #[error("{target}: not a probe target ({why}); use http://IP:PORT")]
     BadTarget { target: String, why: String },
+    #[error(
+        "the {color} instance {instance} has no public address: nothing outside its VPC can reach it (the health gate cannot probe it), and without one it has no route to the internet; launch it with a public address or a subnet that maps one"
+    )]
+    NoPublicAddress { color: Color, instance: String },
+    #[error("address map {path}: {why}")]
+    AddressMap { path: PathBuf, why: String },
+    /// The map does not (yet) name a stand-in for the address: the local cloud writes
+    /// an instance's entry once it sees it running.
+    #[error("{ip} is not in the address map {path} (yet)")]
+    NotMapped { ip: IpAddr, path: PathBuf },
     #[error("{target}{path}: connect: {source}")]
     Connect {
         target: Target,
@@ -148,6 +163,53 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
+/// Test and local-demo configuration: where the servers of the emulator's instances
+/// really listen. A JSON object `{"<instance address>": "<loopback stand-in>"}`, read
+/// afresh at every lookup (the local cloud rewrites it as instances come and go).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressMap {
+    path: PathBuf,
+}
+
+impl AddressMap {
+    pub fn new(path: impl Into<PathBuf>) -> AddressMap {
+        AddressMap { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stand-in for `ip`, `None` when the map names none (yet).
+    pub fn lookup(&self, ip: IpAddr) -> Result<Option<IpAddr>, ProbeError> {
+        let bad = |why: String| ProbeError::AddressMap {
+            path: self.path.clone(),
+            why,
+        };
+        let text = std::fs::read_to_string(&self.path).map_err(|e| bad(e.to_string()))?;
+        let map: BTreeMap<String, String> = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("not a JSON object of addresses: {e}")))?;
+        let Some(to) = map.get(&ip.to_string()) else {
+            return Ok(None);
+        };
+        let to: IpAddr = to
+            .parse()
+            .map_err(|_| bad(format!("{ip} maps to {to:?}, not an IP address")))?;
+        Ok(Some(to))
+    }
+
+    /// `addr` with its IP translated; the map must name it.
+    fn translate(&self, addr: SocketAddr) -> Result<SocketAddr, ProbeError> {
+        match self.lookup(addr.ip())? {
+            Some(ip) => Ok(SocketAddr::new(ip, addr.port())),
+            None => Err(ProbeError::NotMapped {
+                ip: addr.ip(),
+                path: self.path.clone(),
+            }),
+        }
+    }
+}
+
 /// Where each colour's server and the fixed address are reached.
 #[derive(Debug, Clone, Default)]
 pub struct Endpoints {
@@ -156,6 +218,8 @@ pub struct Endpoints {
     pub fixed: Option<Target>,
     /// Real addresses may be probed (production only).
     pub allow_public: bool,
+    /// Instance addresses go through this map first (tests, local demo).
+    pub address_map: Option<AddressMap>,
 }
 
 impl Endpoints {
@@ -190,35 +254,80 @@ impl Endpoints {
             colors,
             fixed,
             allow_public,
+            address_map: None,
         })
     }
 
-    /// Where to probe `color`'s instance: its override, else (production only) its
-    /// address on `port`. `instance_ip` is what EC2 reports for it.
+    /// With instance addresses translated through `map` first.
+    pub fn with_address_map(self, map: Option<AddressMap>) -> Endpoints {
+        Endpoints {
+            address_map: map,
+            ..self
+        }
+    }
+
+    /// Whether a colour can be probed without its override: its own address is
+    /// usable (production) or translated (address map).
+    pub fn reaches_instances(&self) -> bool {
+        self.allow_public || self.address_map.is_some()
+    }
+
+    /// Where the Elastic IP's own address `addr` is probed: as it is when it is
+    /// loopback (the emulator's stand-ins carry traffic themselves), else through the
+    /// address map when there is one; then under the loopback rule.
+    pub fn elastic_ip(&self, addr: SocketAddr) -> Result<Target, ProbeError> {
+        match &self.address_map {
+            Some(map) if !is_loopback(addr.ip()) => {
+                Target::new(map.translate(addr)?, self.allow_public)
+            }
+            _ => Target::new(addr, self.allow_public),
+        }
+    }
+
+    /// Where an instance's address `addr` is probed: through the address map when
+    /// there is one (an address it lacks is never connected to, unless loopback), then
+    /// under the loopback rule.
+    pub fn real(&self, addr: SocketAddr) -> Result<Target, ProbeError> {
+        let addr = match &self.address_map {
+            Some(map) => match map.lookup(addr.ip())? {
+                Some(ip) => SocketAddr::new(ip, addr.port()),
+                // The emulator's Elastic IPs are loopback stand-ins of their own.
+                None if is_loopback(addr.ip()) => addr,
+                None => map.translate(addr)?,
+            },
+            None => addr,
+        };
+        Target::new(addr, self.allow_public)
+    }
+
+    /// Where to probe `color`'s instance `instance`: its override, else its public
+    /// address on `port` (through the address map, if any). `public_ip` is what EC2
+    /// reports for it.
     pub fn for_color(
         &self,
         color: Color,
-        instance_ip: Option<IpAddr>,
+        instance: &str,
+        public_ip: Option<IpAddr>,
         port: u16,
     ) -> Result<Target, ProbeError> {
         if let Some(t) = self.colors.get(&color) {
             return Ok(*t);
         }
-        // An instance's own address is only ever used in production: the emulator's
-        // addresses (even its 127.x Elastic IPs) name no real server.
-        if !self.allow_public {
+        // An instance's own address is used in production, or through the address
+        // map: the emulator's addresses (even its 127.x Elastic IPs) name no server.
+        if !self.reaches_instances() {
             return Err(ProbeError::NotLoopback {
                 target: format!(
                     "the {color} instance's own address{}",
-                    instance_ip.map(|i| format!(" {i}")).unwrap_or_default()
+                    public_ip.map(|i| format!(" {i}")).unwrap_or_default()
                 ),
             });
         }
-        match instance_ip {
-            Some(ip) => Target::new(SocketAddr::new(ip, port), self.allow_public),
-            None => Err(ProbeError::BadTarget {
-                target: format!("{color} instance"),
-                why: "no endpoint override and no address".into(),
+        match public_ip {
+            Some(ip) => self.real(SocketAddr::new(ip, port)),
+            None => Err(ProbeError::NoPublicAddress {
+                color,
+                instance: instance.to_string(),
             }),
         }
     }
@@ -355,10 +464,28 @@ pub async fn gate(
     deadline: Duration,
     interval: Duration,
 ) -> Result<Version, ProbeError> {
+    gate_resolving(|| Ok(t), release, model, deadline, interval).await
+}
+
+/// [`gate`] on a target found again before every attempt by `resolve`: an address
+/// not yet in the address map ([`ProbeError::NotMapped`]) counts as not yet healthy;
+/// any other error from `resolve` ends the gate at once.
+pub async fn gate_resolving(
+    resolve: impl Fn() -> Result<Target, ProbeError>,
+    release: &str,
+    model: Option<&str>,
+    deadline: Duration,
+    interval: Duration,
+) -> Result<Version, ProbeError> {
     let start = Instant::now();
     loop {
         let per_try = Duration::from_secs(5).min(deadline.max(Duration::from_millis(200)));
-        match check(t, release, model, per_try).await {
+        let attempt = match resolve() {
+            Ok(t) => check(t, release, model, per_try).await,
+            Err(e @ ProbeError::NotMapped { .. }) => Err(e),
+            Err(e) => return Err(e),
+        };
+        match attempt {
             Ok(v) => return Ok(v),
             Err(why) => {
                 if start.elapsed() >= deadline {
@@ -367,7 +494,7 @@ pub async fn gate(
                         last: Box::new(why),
                     });
                 }
-                tracing::debug!(%t, "not yet healthy: {why}");
+                tracing::debug!("not yet healthy: {why}");
             }
         }
         tokio::time::sleep(interval).await;
@@ -407,13 +534,66 @@ mod tests {
         assert!(Target::parse("https://127.0.0.1:80", false).is_err());
         let e = Endpoints::parse(&["blue=http://127.0.0.1:1".into()], None, false).unwrap();
         assert!(
-            e.for_color(Color::Blue, Some(IpAddr::V4(public)), 80)
+            e.for_color(Color::Blue, "i-1", Some(IpAddr::V4(public)), 80)
                 .is_ok()
         );
         assert!(matches!(
-            e.for_color(Color::Green, Some(IpAddr::V4(public)), 80),
+            e.for_color(Color::Green, "i-2", Some(IpAddr::V4(public)), 80),
             Err(ProbeError::NotLoopback { .. })
         ));
+    }
+
+    #[test]
+    fn the_address_map_translates_to_loopback_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.json");
+        let public = std::net::Ipv4Addr::new(54, 1, 2, 3);
+        let private = std::net::Ipv4Addr::new(10, 0, 0, 5);
+        let elsewhere = std::net::Ipv4Addr::new(54, 9, 9, 9);
+        std::fs::write(
+            &path,
+            serde_json::json!({
+                public.to_string(): "127.77.0.2",
+                private.to_string(): elsewhere.to_string(),
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let e = Endpoints::default().with_address_map(Some(AddressMap::new(&path)));
+        let t = e
+            .for_color(Color::Blue, "i-1", Some(IpAddr::V4(public)), 8080)
+            .unwrap();
+        assert_eq!(t.to_string(), "http://127.77.0.2:8080");
+        // A map entry that leads off loopback is refused like any public address.
+        assert!(matches!(
+            e.for_color(Color::Blue, "i-1", Some(IpAddr::V4(private)), 8080),
+            Err(ProbeError::NotLoopback { .. })
+        ));
+        // Not in the map: never connected to.
+        assert!(matches!(
+            e.for_color(Color::Blue, "i-1", Some(IpAddr::V4(elsewhere)), 8080),
+            Err(ProbeError::NotMapped { .. })
+        ));
+        // No public address: says so, whatever the map holds.
+        let err = e.for_color(Color::Green, "i-9", None, 8080).unwrap_err();
+        assert!(matches!(err, ProbeError::NoPublicAddress { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("i-9 has no public address"),
+            "{err}"
+        );
+        // An Elastic IP that is itself loopback (the emulator's) is probed as it is.
+        let eip: SocketAddr = "127.5.6.7:8080".parse().unwrap();
+        assert_eq!(e.elastic_ip(eip).unwrap().addr, eip);
+        // A broken map names itself.
+        std::fs::write(&path, "[").unwrap();
+        let err = e
+            .for_color(Color::Blue, "i-1", Some(IpAddr::V4(public)), 8080)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("address map {}", path.display())),
+            "{err}"
+        );
     }
 
     /// One canned answer on a loopback socket, for `get` to read.

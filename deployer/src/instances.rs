@@ -187,6 +187,13 @@ pub struct LaunchSpec<'a> {
     pub release: &'a str,
 }
 
+/// How long the deployer keeps asking about an instance EC2 answered for moments ago
+/// but does not show yet (`InvalidInstanceID.NotFound` right after `RunInstances`),
+/// and how long an Elastic IP move may take to show in `DescribeAddresses`:
+/// terraform-provider-aws's `ec2PropagationTimeout`. EC2's API is eventually
+/// consistent; a new id is usually visible within seconds.
+pub const EC2_PROPAGATION: Duration = Duration::from_secs(120);
+
 /// How long `RunInstances` is retried while EC2 does not yet see a new instance
 /// profile: terraform-provider-aws's `iamPropagationTimeout` (IAM changes reach EC2
 /// within seconds, rarely a minute).
@@ -238,7 +245,7 @@ pub async fn launch_instance_within(
                     .device_index(0)
                     .subnet_id(spec.subnet_id)
                     .groups(spec.security_group_id)
-                    .associate_public_ip_address(true)
+                    .associate_public_ip_address(public_address())
                     .delete_on_termination(true)
                     .build(),
             )
@@ -282,6 +289,18 @@ pub async fn launch_instance_within(
         .ok_or_else(|| {
             AwsError::other(&address, "RunInstances", "no instance in the answer".into())
         })
+}
+
+/// Test hook (feature `test-hooks` only): `DEPLOYER_FAULT=launch-without-public-address`
+/// launches with no public address, as a subnet without one would.
+#[cfg(feature = "test-hooks")]
+fn public_address() -> bool {
+    std::env::var("DEPLOYER_FAULT").as_deref() != Ok("launch-without-public-address")
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn public_address() -> bool {
+    true
 }
 
 /// A live (not terminated) instance of the app.
@@ -342,35 +361,70 @@ pub async fn find_instances(clients: &Clients, cfg: &Config) -> Result<Vec<Found
     Ok(found)
 }
 
-/// Terminates `id` and waits (up to `wait`) until it is terminated, so that what it
-/// used (security group, subnet) can be deleted.
+/// Terminates `id` and waits (up to `wait`) until EC2 reports it terminated (or no
+/// longer knows it): the caller drops its record only after this returns. An instance
+/// EC2 does not know is already gone.
 pub async fn terminate(clients: &Clients, id: &str, wait: Duration) -> Result<(), AwsError> {
+    terminate_launched(clients, id, None, wait).await
+}
+
+/// [`terminate`] for an instance launched at `launched_at`: while it is younger than
+/// [`EC2_PROPAGATION`], `InvalidInstanceID.NotFound` means "not visible yet", not
+/// "gone", and `TerminateInstances` is retried.
+pub async fn terminate_launched(
+    clients: &Clients,
+    id: &str,
+    launched_at: Option<chrono::DateTime<chrono::Utc>>,
+    wait: Duration,
+) -> Result<(), AwsError> {
     let address = format!("aws_instance ({id})");
-    match clients
-        .ec2
-        .terminate_instances()
-        .instance_ids(id)
-        .send()
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if crate::stack::is_not_found(crate::aws::code_of(&e)) => return Ok(()),
-        Err(e) => return Err(AwsError::new(&address, "TerminateInstances", e)),
-    }
+    let young = || {
+        launched_at.is_some_and(|t| {
+            (chrono::Utc::now() - t)
+                .to_std()
+                .map_or(true, |age| age < EC2_PROPAGATION)
+        })
+    };
     let start = std::time::Instant::now();
+    loop {
+        match clients
+            .ec2
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if crate::stack::is_not_found(crate::aws::code_of(&e)) => {
+                if !young() {
+                    return Ok(());
+                }
+                tracing::info!(
+                    instance = id,
+                    "EC2 does not show the new instance yet: retrying its termination"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(AwsError::new(&address, "TerminateInstances", e)),
+        }
+    }
     loop {
         let out = clients
             .ec2
             .describe_instances()
             .instance_ids(id)
             .send()
-            .await
-            .map_err(|e| AwsError::new(&address, "DescribeInstances", e))?;
-        let state = out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find_map(|i| i.state().and_then(|s| s.name()).cloned());
+            .await;
+        let state = match out {
+            Ok(out) => out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find_map(|i| i.state().and_then(|s| s.name()).cloned()),
+            // Accepted by TerminateInstances, then unknown: gone.
+            Err(e) if crate::stack::is_not_found(crate::aws::code_of(&e)) => None,
+            Err(e) => return Err(AwsError::new(&address, "DescribeInstances", e)),
+        };
         if matches!(state, None | Some(InstanceStateName::Terminated)) {
             return Ok(());
         }
@@ -378,7 +432,11 @@ pub async fn terminate(clients: &Clients, id: &str, wait: Duration) -> Result<()
             return Err(AwsError::other(
                 &address,
                 "TerminateInstances",
-                format!("still {state:?} after {}s", wait.as_secs()),
+                format!(
+                    "still {} {}s after TerminateInstances",
+                    state.as_ref().map_or("unknown", |s| s.as_str()),
+                    wait.as_secs()
+                ),
             ));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;

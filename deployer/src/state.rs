@@ -89,6 +89,19 @@ pub struct ReleaseState {
     /// The last deploy or rollback and how it ended.
     #[serde(default)]
     pub last: Option<ReleaseEvent>,
+    /// An Elastic IP move begun and not yet confirmed: written before
+    /// `AssociateAddress`, cleared once `DescribeAddresses` confirms where the address
+    /// is. Found set, the last run stopped in between; the next one settles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eip_moving: Option<EipMove>,
+}
+
+/// The Elastic IP on its way to `to`'s instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipMove {
+    pub to: Color,
+    pub instance_id: String,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What the last release operation did.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use deployer::health::Endpoints;
+use deployer::health::{AddressMap, Endpoints};
 use deployer::release::ReleaseOptions;
 
 #[derive(Debug, Parser)]
@@ -212,6 +212,11 @@ pub struct ProbeArgs {
     /// invents addresses for machines that do not exist).
     #[arg(long)]
     pub allow_public_probes: bool,
+    /// Tests and the local demo: a JSON file mapping each instance's address to the
+    /// loopback address its server really listens on (the local cloud keeps one).
+    /// Probes then follow the production path through it, loopback only.
+    #[arg(long, value_name = "FILE", env = "DEPLOYER_ADDRESS_MAP")]
+    pub address_map: Option<PathBuf>,
 }
 
 impl ProbeArgs {
@@ -220,7 +225,8 @@ impl ProbeArgs {
             &self.endpoints,
             self.fixed_endpoint.as_deref(),
             self.allow_public_probes,
-        )?)
+        )?
+        .with_address_map(self.address_map.as_ref().map(AddressMap::new)))
     }
 }
 

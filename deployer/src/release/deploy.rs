@@ -55,30 +55,44 @@ struct Run<'a> {
     idle: Color,
 }
 
+/// Waits until `id` runs; returns its public address. An instance EC2 does not show
+/// yet (`InvalidInstanceID.NotFound` moments after `RunInstances`) is pending, for up
+/// to [`instances::EC2_PROPAGATION`]; one that stops or terminates fails with EC2's
+/// state and reason.
 async fn wait_running(
     clients: &crate::aws::Clients,
     id: &str,
     deadline: Duration,
 ) -> Result<Option<std::net::IpAddr>, Error> {
     let start = Instant::now();
+    let not_running =
+        |why: String| -> Error { ReleaseError::NotRunning { id: id.into(), why }.into() };
     loop {
         match describe(clients, id).await? {
             Some(d) if d.is_running() => return Ok(d.public_ip),
             Some(d) if d.state == InstanceStateName::Pending => {}
-            other => {
-                return Err(ReleaseError::NotRunning {
-                    id: id.into(),
-                    why: format!("state {:?}", other.map(|o| o.state.as_str().to_string())),
-                }
-                .into());
+            None if start.elapsed() < instances::EC2_PROPAGATION => {
+                tracing::debug!(instance = id, "not visible in DescribeInstances yet");
+            }
+            None => {
+                return Err(not_running(format!(
+                    "DescribeInstances still answers InvalidInstanceID.NotFound {}s after RunInstances",
+                    start.elapsed().as_secs()
+                )));
+            }
+            Some(d) => {
+                return Err(not_running(format!(
+                    "it went {} ({})",
+                    d.state.as_str(),
+                    d.reason.as_deref().unwrap_or("EC2 gave no reason")
+                )));
             }
         }
         if start.elapsed() > deadline {
-            return Err(ReleaseError::NotRunning {
-                id: id.into(),
-                why: format!("still pending after {}s", deadline.as_secs()),
-            }
-            .into());
+            return Err(not_running(format!(
+                "still pending after {}s",
+                deadline.as_secs()
+            )));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -90,7 +104,7 @@ impl Run<'_> {
         let idle = self.idle;
         if let Some(t) = self.opts.endpoints.colors.get(&idle) {
             tracing::info!(color = %idle, target = %t, "health gate target (override)");
-        } else if !self.opts.endpoints.allow_public {
+        } else if !self.opts.endpoints.reaches_instances() {
             return Err(ReleaseError::Probe(ProbeError::NotLoopback {
                 target: format!("the {idle} instance's own address"),
             })
@@ -105,8 +119,16 @@ impl Run<'_> {
         let idle = self.idle;
         if let Some(old) = self.state.release.instances.get(&idle).cloned() {
             tracing::info!(color = %idle, instance = %old.instance_id, "replacing the idle colour's instance");
-            instances::terminate(&self.d.clients, &old.instance_id, Duration::from_secs(600))
+            self.d
+                .check_not_holding(&self.ids.allocation, &old.instance_id)
                 .await?;
+            instances::terminate_launched(
+                &self.d.clients,
+                &old.instance_id,
+                Some(old.launched_at),
+                Duration::from_secs(600),
+            )
+            .await?;
             self.state.release.instances.remove(&idle);
             self.store.write(&mut self.state).await?;
         }
@@ -176,13 +198,16 @@ impl Run<'_> {
             opts.health_deadline.max(Duration::from_secs(60)),
         )
         .await?;
-        let target = opts
-            .endpoints
-            .for_color(self.idle, ip, self.d.cfg.api_port)
-            .map_err(ReleaseError::from)?;
-        tracing::info!(%target, "health gate: waiting for readiness and version");
-        health::gate(
-            target,
+        let (idle, port) = (self.idle, self.d.cfg.api_port);
+        let resolve = || opts.endpoints.for_color(idle, id, ip, port);
+        match resolve() {
+            Ok(target) => {
+                tracing::info!(%target, "health gate: waiting for readiness and version")
+            }
+            Err(e) => tracing::info!("health gate: waiting for a probe target ({e})"),
+        }
+        health::gate_resolving(
+            resolve,
             self.release,
             self.manifest.model_version.as_deref(),
             opts.health_deadline,
@@ -209,7 +234,23 @@ impl Run<'_> {
             Some(r) => format!("{} ({}) keeps the Elastic IP", r.instance_id, r.release),
             None => "no instance holds the Elastic IP".into(),
         };
-        let term = instances::terminate(&self.d.clients, &id, Duration::from_secs(600)).await;
+        let launched_at = self
+            .state
+            .release
+            .instances
+            .get(&self.idle)
+            .map(|r| r.launched_at);
+        let term = match self.d.check_not_holding(&self.ids.allocation, &id).await {
+            Ok(()) => instances::terminate_launched(
+                &self.d.clients,
+                &id,
+                launched_at,
+                Duration::from_secs(600),
+            )
+            .await
+            .map_err(Error::from),
+            Err(e) => Err(e),
+        };
         self.state.release.instances.remove(&self.idle);
         self.state.release.last = Some(ReleaseEvent {
             operation: ReleaseOperation::Deploy,
@@ -221,7 +262,7 @@ impl Run<'_> {
             return e.into();
         }
         if let Err(e) = term {
-            return e.into();
+            return e;
         }
         ReleaseError::Abandoned {
             release: self.release.into(),
@@ -236,8 +277,17 @@ impl Run<'_> {
     /// Moves the Elastic IP to `id`, starts the old colour's rollback window and
     /// records the deploy. Returns the colour that held the address before.
     async fn move_and_record(&mut self, id: &str) -> Result<Option<(Color, String)>, Error> {
-        self.d.move_eip(&self.ids.allocation, id).await?;
+        self.d
+            .move_eip(
+                &self.store,
+                &mut self.state,
+                &self.ids.allocation,
+                self.idle,
+                id,
+            )
+            .await?;
         let release = &mut self.state.release;
+        release.eip_moving = None;
         let previous = self.active.and_then(|c| {
             release
                 .instances
@@ -309,8 +359,10 @@ impl Deployer {
 
     async fn deploy_locked(&self, release: &str, opts: &ReleaseOptions) -> Result<Deployed, Error> {
         let store = self.store();
-        let state = store.read(&self.cfg.app).await?;
+        let mut state = store.read(&self.cfg.app).await?;
         let ids = StackIds::of(&state)?;
+        self.settle_eip_move(&store, &mut state, &ids.allocation)
+            .await?;
         let manifest = publish::read_manifest(&self.clients, &self.cfg.artifacts.bucket, release)
             .await
             .map_err(ReleaseError::from)?;
@@ -360,6 +412,12 @@ impl Deployer {
             .locked("retire", lock, async |_| {
                 let store = self.store();
                 let mut state = store.read(&self.cfg.app).await?;
+                if state.release.instances.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let allocation = resource_id(&state, Kind::Eip)?;
+                self.settle_eip_move(&store, &mut state, &allocation)
+                    .await?;
                 let now = chrono::Utc::now();
                 let due: Vec<(Color, String)> = state
                     .release
@@ -373,6 +431,7 @@ impl Deployer {
                     .collect();
                 for (c, id) in &due {
                     tracing::info!(color = %c, instance = %id, "rollback window over: terminating");
+                    self.check_not_holding(&allocation, id).await?;
                     instances::terminate(&self.clients, id, Duration::from_secs(600)).await?;
                     state.release.instances.remove(c);
                     store.write(&mut state).await?;

@@ -25,12 +25,13 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceStateName;
 
-use crate::aws::{AwsError, Clients};
+use crate::aws::{AwsError, Backoff, Clients, retry_while};
 use crate::health::{self, Endpoints, ProbeError};
 use crate::history::History;
+use crate::instances::EC2_PROPAGATION;
 use crate::publish::PublishError;
 use crate::stack::Kind;
-use crate::state::{Color, State};
+use crate::state::{Color, EipMove, State, StateStore};
 use crate::{Deployer, Error};
 
 pub use deploy::cutover_preview;
@@ -75,6 +76,13 @@ pub enum ReleaseError {
     NoRollback(String),
     #[error("instance {id} did not reach running: {why}")]
     NotRunning { id: String, why: String },
+    #[error(
+        "refusing to terminate {instance}: DescribeAddresses shows it holding the Elastic IP {allocation}, which the state does not expect; run `deployer status` and move the address first"
+    )]
+    HoldsEip {
+        instance: String,
+        allocation: String,
+    },
     #[error("{what} {value:?} cannot go into user data")]
     BadValue { what: &'static str, value: String },
 }
@@ -127,6 +135,8 @@ pub struct Described {
     /// Its state (`InstanceStateName::Unknown("")` if EC2 reported none).
     pub state: InstanceStateName,
     pub public_ip: Option<IpAddr>,
+    /// Why it is in that state, as EC2 says (`Client.InstanceInitiatedShutdown: ...`).
+    pub reason: Option<String>,
 }
 
 impl Described {
@@ -202,6 +212,13 @@ pub async fn describe(clients: &Clients, id: &str) -> Result<Option<Described>, 
                 .cloned()
                 .unwrap_or_else(|| InstanceStateName::from("")),
             public_ip: i.public_ip_address().and_then(|p| p.parse().ok()),
+            reason: i.state_reason().map(|r| {
+                format!(
+                    "{}: {}",
+                    r.code().unwrap_or("no code"),
+                    r.message().unwrap_or("no message")
+                )
+            }),
         }))
 }
 
@@ -226,8 +243,10 @@ impl Deployer {
     ) -> Result<(), Error> {
         let fixed = match opts.endpoints.fixed {
             Some(f) => f,
-            // Production: the Elastic IP itself, on the API port.
-            None if opts.endpoints.allow_public => {
+            // The Elastic IP's own address, on the API port: in production, and in
+            // the local cloud (an address map given), whose Elastic IPs are loopback
+            // addresses that carry traffic.
+            None if opts.endpoints.reaches_instances() => {
                 let (ip, _) = eip_holder(&self.clients, allocation).await?;
                 let Some(ip) = ip.and_then(|i| i.parse::<IpAddr>().ok()) else {
                     return Err(ReleaseError::NoPublicAddress {
@@ -235,7 +254,8 @@ impl Deployer {
                     }
                     .into());
                 };
-                health::Target::new(std::net::SocketAddr::new(ip, self.cfg.api_port), true)
+                opts.endpoints
+                    .elastic_ip(std::net::SocketAddr::new(ip, self.cfg.api_port))
                     .map_err(ReleaseError::from)?
             }
             None => {
@@ -280,25 +300,124 @@ impl Deployer {
         Ok(())
     }
 
-    async fn move_eip(&self, allocation: &str, instance: &str) -> Result<(), Error> {
-        self.clients
-            .ec2
-            .associate_address()
-            .allocation_id(allocation)
-            .instance_id(instance)
-            .allow_reassociation(true)
-            .send()
-            .await
-            .map_err(|e| AwsError::new("aws_eip.api", "AssociateAddress", e))?;
-        let (_, now) = eip_holder(&self.clients, allocation).await?;
-        if now.as_deref() != Some(instance) {
+    /// Moves the Elastic IP to `to`'s `instance`, the intent written to the state
+    /// first: `AssociateAddress` (retried while EC2 does not show the instance yet),
+    /// then confirmed by polling `DescribeAddresses` until two reads in a row show the
+    /// new holder (a single read can still show the old association). Leaves the
+    /// intent in `state` for the caller to clear with the new holder.
+    async fn move_eip(
+        &self,
+        store: &StateStore,
+        state: &mut State,
+        allocation: &str,
+        to: Color,
+        instance: &str,
+    ) -> Result<(), Error> {
+        state.release.eip_moving = Some(EipMove {
+            to,
+            instance_id: instance.to_string(),
+            at: chrono::Utc::now(),
+        });
+        store.write(state).await?;
+        let bound = Backoff {
+            first_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(5),
+            deadline: EC2_PROPAGATION,
+        };
+        retry_while(
+            bound,
+            |e| e.code == "InvalidInstanceID.NotFound",
+            || async {
+                self.clients
+                    .ec2
+                    .associate_address()
+                    .allocation_id(allocation)
+                    .instance_id(instance)
+                    .allow_reassociation(true)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::new("aws_eip.api", "AssociateAddress", e))
+            },
+        )
+        .await?;
+        let holder = confirmed_holder(&self.clients, allocation, Some(instance)).await?;
+        if holder.as_deref() != Some(instance) {
             return Err(AwsError::other(
                 "aws_eip.api",
                 "AssociateAddress",
-                format!("DescribeAddresses shows {now:?} after moving it to {instance}"),
+                format!(
+                    "DescribeAddresses still shows {} {}s after moving it to {instance}",
+                    holder.as_deref().unwrap_or("no instance"),
+                    EC2_PROPAGATION.as_secs()
+                ),
             )
             .into());
         }
         Ok(())
+    }
+
+    /// A move the last run began and did not confirm: where the address really is
+    /// decides the holder.
+    async fn settle_eip_move(
+        &self,
+        store: &StateStore,
+        state: &mut State,
+        allocation: &str,
+    ) -> Result<(), Error> {
+        let Some(m) = state.release.eip_moving.clone() else {
+            return Ok(());
+        };
+        let holder = confirmed_holder(&self.clients, allocation, None).await?;
+        if holder.as_deref() == Some(m.instance_id.as_str()) {
+            tracing::warn!(color = %m.to, instance = %m.instance_id, "the last run moved the Elastic IP and stopped before recording it: recorded now");
+            state.release.eip_holder = Some(m.to);
+        } else {
+            tracing::warn!(color = %m.to, instance = %m.instance_id, "the last run began moving the Elastic IP and stopped: the address did not move");
+        }
+        state.release.eip_moving = None;
+        store.write(state).await?;
+        Ok(())
+    }
+
+    /// Refuses to terminate `instance` while `DescribeAddresses` shows it holding the
+    /// Elastic IP (a stale state must never cost the live colour).
+    async fn check_not_holding(&self, allocation: &str, instance: &str) -> Result<(), Error> {
+        let (_, holder) = eip_holder(&self.clients, allocation).await?;
+        if holder.as_deref() == Some(instance) {
+            return Err(ReleaseError::HoldsEip {
+                instance: instance.to_string(),
+                allocation: allocation.to_string(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// The Elastic IP's holder once `DescribeAddresses` has answered the same twice in a
+/// row (a second apart), polling up to [`EC2_PROPAGATION`] for `expect` if given.
+async fn confirmed_holder(
+    clients: &Clients,
+    allocation: &str,
+    expect: Option<&str>,
+) -> Result<Option<String>, AwsError> {
+    let start = std::time::Instant::now();
+    let mut last: Option<Option<String>> = None;
+    loop {
+        let (_, now) = eip_holder(clients, allocation).await?;
+        let settled = last.as_ref() == Some(&now);
+        let wanted = expect.is_none_or(|e| now.as_deref() == Some(e));
+        if (settled && wanted) || start.elapsed() > EC2_PROPAGATION {
+            return Ok(now);
+        }
+        if !wanted {
+            tracing::debug!(
+                ?now,
+                ?expect,
+                "DescribeAddresses does not show the move yet"
+            );
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -62,6 +62,8 @@ impl Deployer {
         let store = self.store();
         let mut state = store.read(&self.cfg.app).await?;
         let allocation = resource_id(&state, Kind::Eip)?;
+        self.settle_eip_move(&store, &mut state, &allocation)
+            .await?;
         let Some(active) = state.release.eip_holder else {
             return Err(ReleaseError::NoRollback("no colour holds the Elastic IP".into()).into());
         };
@@ -75,22 +77,17 @@ impl Deployer {
         let alive = describe(&self.clients, &rec.instance_id).await?;
         let healthy = match &alive {
             Some(d) if d.is_running() => {
-                match opts
-                    .endpoints
-                    .for_color(prev, d.public_ip, self.cfg.api_port)
-                {
-                    Ok(t) => health::gate(
-                        t,
-                        &rec.release,
-                        rec.model_version.as_deref(),
-                        opts.health_deadline,
-                        opts.probe_interval,
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
+                let (ip, port) = (d.public_ip, self.cfg.api_port);
+                health::gate_resolving(
+                    || opts.endpoints.for_color(prev, &rec.instance_id, ip, port),
+                    &rec.release,
+                    rec.model_version.as_deref(),
+                    opts.health_deadline,
+                    opts.probe_interval,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             }
             other => Err(format!(
                 "instance state {:?}",
@@ -102,13 +99,15 @@ impl Deployer {
             return Ok(Next::Redeploy(rec.release.clone(), why));
         }
         self.guard_eip(&state, &allocation).await?;
-        self.move_eip(&allocation, &rec.instance_id).await?;
+        self.move_eip(&store, &mut state, &allocation, prev, &rec.instance_id)
+            .await?;
         let current = state
             .release
             .instances
             .get(&active)
             .map(|r| r.instance_id.clone());
         state.release.eip_holder = Some(prev);
+        state.release.eip_moving = None;
         if let Some(r) = state.release.instances.get_mut(&prev) {
             r.retire_after = None;
         }

@@ -107,7 +107,7 @@ impl Deployer {
             let d = describe(&self.clients, &r.instance_id).await?;
             let health = match &d {
                 Some(d) if d.is_running() => {
-                    match endpoints.for_color(*c, d.public_ip, self.cfg.api_port) {
+                    match endpoints.for_color(*c, &r.instance_id, d.public_ip, self.cfg.api_port) {
                         Ok(t) => match health::check(
                             t,
                             &r.release,

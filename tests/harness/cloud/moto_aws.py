@@ -22,6 +22,10 @@ in the environment variable LOCAL_CLOUD_AWS (unset or "{}" = plain moto):
                          instance are refused; terminating an instance disassociates
                          its Elastic IP.
 
+Always (a fidelity fix, whatever the configuration): an interface that an Elastic IP
+leaves through AssociateAddress with AllowReassociation gets a new public address of
+its own, as on AWS (moto keeps showing the Elastic IP on it).
+
 Usage: python moto_aws.py -H 127.0.0.1 -p PORT   (the same arguments as moto_server)
 """
 
@@ -346,6 +350,14 @@ def install():
         if before is not None:
             stale = (before.instance, before.eni, before.association_id)
         eip = orig_associate(self, instance, eni, address, allocation_id, reassociate)
+        # AWS: the interface the address leaves gets a new public address of its own
+        # (if it maps one); moto leaves it showing the Elastic IP on a reassociation.
+        left = stale[1] if stale is not None else None
+        if left is not None and left is not eip.eni:
+            left.public_ip = None
+            holder = getattr(left, "instance", None)
+            if holder is not None and holder._state.name == "running":
+                left.check_auto_public_ip()
         if stale is not None and seconds("address_s") > 0:
             with LOCK:
                 previous = MOVED.get(key_of(eip))

@@ -75,6 +75,21 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
 
 /// The repository root (the folder with the workspace `Cargo.toml`).
 pub fn repo_root() -> PathBuf {
+    // Found at run time: a build cached from another checkout (CI keeps the target
+    // directory between clones) carries that checkout's path in `env!`, and would
+    // point every test at files of a clone that may be gone. `cargo test` and `make`
+    // run from inside the repository (and cargo sets CARGO_MANIFEST_DIR for tests).
+    let is_root =
+        |p: &Path| p.join("Cargo.toml").is_file() && p.join("tests/harness/Cargo.toml").is_file();
+    let runtime = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::env::current_dir().ok());
+    for start in runtime {
+        if let Some(root) = start.ancestors().find(|p| is_root(p)) {
+            return root.to_path_buf();
+        }
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .nth(2)

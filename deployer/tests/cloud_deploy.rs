@@ -1,0 +1,399 @@
+//! Releases on the local cloud with AWS's delays on (`harness::cloud`): new instance ids
+//! and security groups briefly unknown, `DescribeAddresses` lagging `AssociateAddress`,
+//! a new instance profile refused for a few seconds, terminated instances' interfaces
+//! blocking deletes, and Elastic IP traffic following a move after its propagation
+//! delay. The instances really boot their user data (the real `boot.sh` downloads the
+//! published `server` and the runner starts its unit on a loopback stand-in); the
+//! deployer probes them by their own public address through the cloud's address map,
+//! and verifies through the Elastic IP's own (loopback) address. No server is started
+//! by hand and no `--endpoint` override is given.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::Filter;
+use common::{Run, Setup, path_str, setup_with};
+use harness::cloud::LocalCloud;
+
+fn cloud() -> &'static LocalCloud {
+    harness::cloud::shared()
+}
+
+fn server_bin() -> PathBuf {
+    harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// One app on the shared local cloud: `init`, `apply`, the model in the artifact
+/// bucket, the given releases published.
+struct App {
+    s: Setup,
+    port: u16,
+}
+
+impl App {
+    async fn new(releases: &[&str]) -> App {
+        let port = harness::free_port();
+        let s = setup_with(
+            cloud().moto(),
+            &[("", "api_port", toml::Value::Integer(port.into()))],
+        );
+        let app = App { s, port };
+        app.ok(&["init"]).await;
+        app.ok(&["apply", "--auto-approve"]).await;
+        let (model, model_version) = harness::artifact::promoted_dir();
+        let s3 = app.s.clients().await.s3;
+        for f in files_under(model.path()) {
+            let rel = f.strip_prefix(model.path()).unwrap().to_str().unwrap();
+            s3.put_object()
+                .bucket(&app.s.cfg.artifacts.bucket)
+                .key(format!("models/{rel}"))
+                .body(std::fs::read(&f).unwrap().into())
+                .send()
+                .await
+                .unwrap();
+        }
+        let server = server_bin();
+        for r in releases {
+            app.ok(&[
+                "publish",
+                "--release",
+                r,
+                "--server-binary",
+                path_str(&server),
+                "--model-version",
+                &model_version,
+            ])
+            .await;
+        }
+        app
+    }
+
+    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = self.s.cmd(args);
+        c.envs(env.iter().copied());
+        tokio::task::spawn_blocking(move || Run::from(c.output().expect("running deployer")))
+            .await
+            .unwrap()
+    }
+
+    /// Runs the deployer and insists on success at the first try.
+    async fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run_env(args, &[]).await;
+        assert_eq!(r.code, 0, "deployer {args:?} failed:\n{}", r.all());
+        r
+    }
+
+    /// `deploy` / `rollback` arguments: the production probe path through the map.
+    fn release_args<'a>(&'a self, head: &[&'a str]) -> Vec<&'a str> {
+        let mut a = head.to_vec();
+        a.extend([
+            "--address-map",
+            path_str(cloud().address_map_path()),
+            "--probe-interval",
+            "200ms",
+            "--health-deadline",
+            "90s",
+            "--no-wait",
+        ]);
+        a
+    }
+
+    async fn state(&self) -> deployer::state::State {
+        self.s.deployer().await.read_state().await.unwrap()
+    }
+
+    /// The Elastic IP's address and the instance DescribeAddresses shows holding it.
+    async fn eip(&self) -> (IpAddr, Option<String>) {
+        let st = self.state().await;
+        let alloc = &st.resources["aws_eip.api"].id;
+        let (ip, holder) = deployer::release::eip_holder(&self.s.clients().await, alloc)
+            .await
+            .unwrap();
+        let ip: IpAddr = ip.unwrap().parse().unwrap();
+        assert!(
+            ip.is_loopback(),
+            "the emulator's Elastic IP {ip} is loopback"
+        );
+        (ip, holder)
+    }
+
+    fn boot_logs(&self, st: &deployer::state::State) -> String {
+        st.release
+            .instances
+            .values()
+            .map(|r| {
+                format!(
+                    "--- boot log of {}\n{}",
+                    r.instance_id,
+                    std::fs::read_to_string(cloud().boot_log(&r.instance_id)).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+/// The release `/version` reports at `ip:port`, `None` when the request fails.
+fn release_at(ip: IpAddr, port: u16) -> Option<String> {
+    assert!(ip.is_loopback(), "only loopback is ever a target, not {ip}");
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /version HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["release"].as_str().map(String::from)
+}
+
+/// Waits until the Elastic IP's address serves `release` (the move propagates).
+fn wait_serving(ip: IpAddr, port: u16, release: &str) {
+    let start = Instant::now();
+    loop {
+        let now = release_at(ip, port);
+        if now.as_deref() == Some(release) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{ip}:{port} serves {now:?}, not {release}, 30 s on"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the app left behind in the account: live instances, addresses, VPCs, its IAM
+/// role and instance profile.
+async fn leftovers(s: &Setup) -> Vec<String> {
+    let c = s.clients().await;
+    let app = &s.cfg.app;
+    let tag = Filter::builder().name("tag:app").values(app).build();
+    let mut left = Vec::new();
+    let res = c
+        .ec2
+        .describe_instances()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    for i in res.reservations().iter().flat_map(|r| r.instances()) {
+        let state = i.state().and_then(|s| s.name()).map(|n| n.as_str());
+        if state != Some("terminated") {
+            left.push(format!("instance {:?} ({state:?})", i.instance_id()));
+        }
+    }
+    let addrs = c
+        .ec2
+        .describe_addresses()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    for a in addrs.addresses() {
+        left.push(format!("address {:?}", a.allocation_id()));
+    }
+    let vpcs = c.ec2.describe_vpcs().filters(tag).send().await.unwrap();
+    for v in vpcs.vpcs() {
+        left.push(format!("vpc {:?}", v.vpc_id()));
+    }
+    let role = deployer::stack::role_name(&s.cfg);
+    if c.iam.get_role().role_name(&role).send().await.is_ok() {
+        left.push(format!("role {role}"));
+    }
+    let profile = deployer::stack::profile_name(&s.cfg);
+    if c.iam
+        .get_instance_profile()
+        .instance_profile_name(&profile)
+        .send()
+        .await
+        .is_ok()
+    {
+        left.push(format!("instance profile {profile}"));
+    }
+    left
+}
+
+/// Requests through the Elastic IP's own address, one connection each, until stopped:
+/// the releases seen in order, and the failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<(Vec<String>, Vec<String>)>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(ip: IpAddr, port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+        let (st, sn) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let r = release_at(ip, port);
+                let mut g = sn.lock().unwrap();
+                match r {
+                    Some(rel) => g.0.push(rel),
+                    None => {
+                        let n = g.0.len() + g.1.len();
+                        g.1.push(format!("request {n} failed"));
+                    }
+                }
+                drop(g);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Load { stop, seen, thread }
+    }
+
+    /// Stops; returns (requests, failures, the releases in the order they first
+    /// appeared, counting each change).
+    fn finish(self) -> (usize, Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        let (ok, failed) = std::mem::take(&mut *self.seen.lock().unwrap());
+        let mut runs: Vec<String> = Vec::new();
+        for r in &ok {
+            if runs.last() != Some(r) {
+                runs.push(r.clone());
+            }
+        }
+        (ok.len() + failed.len(), failed, runs)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_boot_from_user_data_and_move_behind_the_elastic_ip_on_the_first_try() {
+    let app = App::new(&["r1", "r2"]).await;
+    let port = app.port;
+
+    // r1: the instance is briefly unknown after RunInstances, it boots from its user
+    // data, the gate probes its public address through the map, the move is confirmed
+    // through a lagging DescribeAddresses, then verified through the Elastic IP.
+    let r = app
+        .run_env(&app.release_args(&["deploy", "--release", "r1"]), &[])
+        .await;
+    let st = app.state().await;
+    assert_eq!(r.code, 0, "deploy r1:\n{}\n{}", r.all(), app.boot_logs(&st));
+    let blue = st.release.instances[&deployer::state::Color::Blue].clone();
+    assert!(
+        matches!(
+            cloud().status(&blue.instance_id),
+            Some(harness::cloud::InstanceStatus::Serving(_))
+        ),
+        "r1's instance serves from its own boot: {:?}",
+        cloud().status(&blue.instance_id)
+    );
+    let (eip, holder) = app.eip().await;
+    assert_eq!(holder.as_deref(), Some(blue.instance_id.as_str()));
+    assert_eq!(st.release.eip_moving, None, "the move is settled");
+    wait_serving(eip, port, "r1");
+
+    // r2 under load through the Elastic IP's own address: no request fails and the
+    // answers switch from r1 to r2 exactly once.
+    let load = Load::start(eip, port);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = app
+        .run_env(&app.release_args(&["deploy", "--release", "r2"]), &[])
+        .await;
+    let st = app.state().await;
+    assert_eq!(r.code, 0, "deploy r2:\n{}\n{}", r.all(), app.boot_logs(&st));
+    wait_serving(eip, port, "r2");
+    std::thread::sleep(Duration::from_secs(1));
+    let (requests, failed, runs) = load.finish();
+    assert!(requests > 20, "only {requests} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {requests} failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(runs, ["r1", "r2"], "exactly one switch");
+
+    // Rollback: back to r1's instance, still alive in its window.
+    let r = app.ok(&app.release_args(&["rollback"])).await;
+    let (_, holder) = app.eip().await;
+    assert_eq!(
+        holder.as_deref(),
+        Some(blue.instance_id.as_str()),
+        "rollback:\n{}",
+        r.all()
+    );
+    wait_serving(eip, port, "r1");
+
+    // Destroy on its first run, although terminated instances' interfaces and mapped
+    // addresses block deletes for a while; nothing of the app is left.
+    app.ok(&["destroy", "--auto-approve"]).await;
+    let left = leftovers(&app.s).await;
+    assert!(left.is_empty(), "left after destroy: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_a_public_address_fails_at_the_gate_and_the_address_stays() {
+    let app = App::new(&["r1", "r2"]).await;
+    app.ok(&app.release_args(&["deploy", "--release", "r1"]))
+        .await;
+    let (eip, holder) = app.eip().await;
+    let r1_instance = holder.expect("r1 holds the address");
+    wait_serving(eip, app.port, "r1");
+
+    let r = app
+        .run_env(
+            &app.release_args(&["deploy", "--release", "r2"]),
+            &[("DEPLOYER_FAULT", "launch-without-public-address")],
+        )
+        .await;
+    assert_ne!(r.code, 0, "{}", r.all());
+    let last = r
+        .stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.contains("release r2 abandoned on green")
+            && last.contains("has no public address")
+            && last.contains(&format!("{r1_instance} (r1) keeps the Elastic IP")),
+        "one line that says why: {last}"
+    );
+    let (_, holder) = app.eip().await;
+    assert_eq!(
+        holder.as_deref(),
+        Some(r1_instance.as_str()),
+        "the address never moved"
+    );
+    let st = app.state().await;
+    assert_eq!(st.release.eip_moving, None);
+    assert!(
+        !st.release
+            .instances
+            .contains_key(&deployer::state::Color::Green)
+    );
+    assert_eq!(release_at(eip, app.port).as_deref(), Some("r1"));
+    app.ok(&["destroy", "--auto-approve"]).await;
+}
