@@ -187,7 +187,7 @@ async fn two_applies(extra: Vec<(&str, &str, toml::Value)>) {
     );
     assert_eq!(failed.len(), 1);
     assert!(
-        ok[0].stdout.contains("Apply complete! Resources: 12 added"),
+        ok[0].stdout.contains("Apply complete! Resources: 13 added"),
         "{}",
         ok[0].all()
     );
@@ -231,7 +231,7 @@ async fn holder_killed_with_sigkill_loses_the_lock_when_its_lease_runs_out() {
     assert!(waited >= Duration::from_secs(1), "{waited:?}");
     assert!(waited < Duration::from_secs(20), "{waited:?}");
     assert!(
-        r.stdout.contains("10 added"),
+        r.stdout.contains("11 added"),
         "VPC and subnet were already there:\n{}",
         r.all()
     );
@@ -273,5 +273,5 @@ async fn force_unlock_from_the_cli_removes_only_that_id() {
     s.ok(&["force-unlock", &id]);
     assert_eq!(locker.current().await.expect("read"), None);
     let r = s.ok(&["apply", "--auto-approve"]);
-    assert!(r.stdout.contains("12 added"), "{}", r.all());
+    assert!(r.stdout.contains("13 added"), "{}", r.all());
 }
