@@ -5,6 +5,27 @@
 //! among them `deployer:address`, so one created just before a crash is found again by
 //! its tags; IAM resources have fixed names derived from the app and are found by name.
 //!
+//! # AWS's eventual consistency
+//!
+//! What AWS documents as eventually consistent is polled or retried, with a bound and an
+//! error after it that names the resource, the action and AWS's code; each retry is
+//! logged at info level. The bounds are terraform-provider-aws's (`crate::aws`):
+//!
+//! - **Creates** are confirmed by reading them back (`engine::apply` polls
+//!   [`Stack::read`] for up to 2 minutes, EC2's propagation timeout) and recorded with
+//!   what was read. The security group is read back inside its own create, before its
+//!   ingress is authorized, and rule changes retry `InvalidGroup.NotFound`; the S3
+//!   endpoint's create waits until it is `available`.
+//! - **Deletes** retry while something still depends on the resource
+//!   (`delete_while`): the security group (`DependencyViolation`,
+//!   `InvalidGroup.InUse`, 15 min), the subnet (`DependencyViolation`, 20 min), the
+//!   internet gateway's detach and delete (`DependencyViolation`, e.g. "mapped public
+//!   address", 15 min), the route table (5 min) and the VPC (5 min). A terminated
+//!   instance's interfaces and public address hold these for a while on AWS. The
+//!   Elastic IP is disassociated (as `DescribeAddresses` shows it) and then released,
+//!   again on `InvalidIPAddress.InUse` (3 min); the S3 endpoint's delete waits until it
+//!   is gone (10 min).
+//!
 //! # Layout
 //!
 //! One file per resource (`vpc.rs`, `subnet.rs`, ... `eip.rs`) holds all of its
@@ -324,7 +345,9 @@ impl<'a> Stack<'a> {
     /// its parents.
     pub async fn find(&self, kind: Kind, current: &Ids) -> Result<Vec<String>, AwsError> {
         let ids = kind.resource().find(self, current).await?;
-        // Keep only those that really exist.
+        // Keep only those that really exist. (Something created a moment before a crash
+        // may be missing both from the tag listing and from a read; the create path
+        // confirms every resource by reading it back before the apply goes on.)
         let mut found = Vec::new();
         for id in ids {
             if self.read(kind, &id).await?.is_some() {
