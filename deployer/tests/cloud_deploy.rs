@@ -397,3 +397,67 @@ async fn an_instance_without_a_public_address_fails_at_the_gate_and_the_address_
     assert_eq!(release_at(eip, app.port).as_deref(), Some("r1"));
     app.ok(&["destroy", "--auto-approve"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cut_short_is_settled_by_the_next_run_and_the_live_colour_survives() {
+    let app = App::new(&["r1", "r2", "r3"]).await;
+    app.ok(&app.release_args(&["deploy", "--release", "r1"]))
+        .await;
+    let blue = app.state().await.release.instances[&deployer::state::Color::Blue]
+        .instance_id
+        .clone();
+
+    // The deploy of r2 dies right after AssociateAddress: the address is on green, the
+    // state still names blue as its holder, with the move written down as begun.
+    let args = app.release_args(&["deploy", "--release", "r2"]);
+    let running = app.s.start_until(
+        &args,
+        &[("DEPLOYER_FAULT", "after-associate:aws_eip.api")],
+        "fault point after-associate:aws_eip.api reached",
+    );
+    running.kill9();
+    let st = app.state().await;
+    let green = st.release.instances[&deployer::state::Color::Green]
+        .instance_id
+        .clone();
+    assert_eq!(st.release.eip_holder, Some(deployer::state::Color::Blue));
+    let moving = st
+        .release
+        .eip_moving
+        .clone()
+        .expect("the move was written first");
+    assert_eq!(moving.instance_id, green);
+
+    // The next deploy (once the dead run's lease is over) settles the move from where
+    // the address really is, so it replaces blue, not green, which holds the address.
+    std::thread::sleep(Duration::from_secs(4));
+    let r = app
+        .run_env(&app.release_args(&["deploy", "--release", "r3"]), &[])
+        .await;
+    let st = app.state().await;
+    assert_eq!(r.code, 0, "deploy r3:\n{}\n{}", r.all(), app.boot_logs(&st));
+    assert!(
+        r.stderr
+            .contains("the last run moved the Elastic IP and stopped before recording it"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(st.release.eip_moving, None);
+    assert_eq!(st.release.eip_holder, Some(deployer::state::Color::Blue));
+    assert_eq!(
+        st.release.instances[&deployer::state::Color::Blue].release,
+        "r3"
+    );
+    assert_ne!(
+        st.release.instances[&deployer::state::Color::Blue].instance_id,
+        blue
+    );
+    assert_eq!(
+        st.release.instances[&deployer::state::Color::Green].instance_id,
+        green,
+        "green, which held the address, was kept for the rollback window"
+    );
+    let (eip, _) = app.eip().await;
+    wait_serving(eip, app.port, "r3");
+    app.ok(&["destroy", "--auto-approve"]).await;
+}

@@ -340,6 +340,7 @@ impl Deployer {
             },
         )
         .await?;
+        crate::engine::fault_point("after-associate:aws_eip.api").await;
         let holder = confirmed_holder(&self.clients, allocation, Some(instance)).await?;
         if holder.as_deref() != Some(instance) {
             return Err(AwsError::other(
