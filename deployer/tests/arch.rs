@@ -22,7 +22,7 @@ fn arm64_binary(path: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_arm64_release_is_refused_on_an_x86_64_stack_before_launch() {
-    let s = setup(harness::moto());
+    let s = setup(harness::cloud::shared().moto());
     s.ok(&["init"]);
     s.ok(&["apply", "--auto-approve"]);
     let bin = s.dir.join("server-arm64");

@@ -44,7 +44,7 @@ struct Env {
 }
 
 async fn env(releases: &[&str]) -> Env {
-    let s = setup(harness::moto());
+    let s = setup(harness::cloud::shared().moto());
     let (model, model_version) = harness::artifact::promoted_dir();
     let s2 = Setup {
         moto: s.moto,

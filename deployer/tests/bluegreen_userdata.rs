@@ -28,7 +28,7 @@ fn files_under(root: &Path) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_boot_script_installs_the_release_and_its_server_answers_on_loopback() {
-    let moto = harness::moto();
+    let moto = harness::cloud::shared().moto();
     let s = setup(moto);
     let d = s.deployer().await;
     let bucket = s.cfg.artifacts.bucket.clone();

@@ -19,7 +19,7 @@ async fn lock_semantics(backend: LockBackend) {
     } else {
         vec![]
     };
-    let s = setup_with(harness::moto(), &extra);
+    let s = setup_with(harness::cloud::shared().moto(), &extra);
     let d = s.deployer().await;
     d.init().await.expect("init");
     let locker = Locker::new(&d.clients, &d.cfg);
@@ -125,7 +125,7 @@ async fn s3_lock_is_exclusive_renewed_expires_and_force_unlocks_by_id() {
 #[tokio::test(flavor = "multi_thread")]
 async fn many_contenders_one_winner() {
     for extra in [vec![], s3_backend()] {
-        let s = setup_with(harness::moto(), &extra);
+        let s = setup_with(harness::cloud::shared().moto(), &extra);
         let d = s.deployer().await;
         d.init().await.expect("init");
         let mut tasks = Vec::new();
@@ -161,7 +161,7 @@ async fn two_applies_started_together_with_s3_locking() {
 }
 
 async fn two_applies(extra: Vec<(&str, &str, toml::Value)>) {
-    let s = setup_with(harness::moto(), &extra);
+    let s = setup_with(harness::cloud::shared().moto(), &extra);
     s.ok(&["init"]);
     let spawn = || {
         s.cmd(&["apply", "--auto-approve"])
@@ -203,7 +203,7 @@ async fn two_applies(extra: Vec<(&str, &str, toml::Value)>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn holder_killed_with_sigkill_loses_the_lock_when_its_lease_runs_out() {
-    let s = setup(harness::moto());
+    let s = setup(harness::cloud::shared().moto());
     s.ok(&["init"]);
     let holder = s.start_until(
         &["apply", "--auto-approve"],
@@ -246,7 +246,7 @@ async fn holder_killed_with_sigkill_loses_the_lock_when_its_lease_runs_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn force_unlock_from_the_cli_removes_only_that_id() {
     let s = setup_with(
-        harness::moto(),
+        harness::cloud::shared().moto(),
         &[("lock", "lease_seconds", toml::Value::Integer(600))],
     );
     s.ok(&["init"]);
