@@ -3,8 +3,10 @@
 //!
 //! Both are idempotent. Passwords never appear in SQL text: `users` sends a SCRAM-SHA-256
 //! verifier computed here (as `psql`'s `\password` does), so the plaintext reaches
-//! neither the server's statement log nor `pg_stat_statements`.
+//! neither the server's statement log nor `pg_stat_statements`. The verifier is computed
+//! from the SASLprep'd password, as clients hash it when they log in ([`scram_verifier`]).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -329,10 +331,22 @@ fn parse_verifier(v: &str) -> Option<(u32, Vec<u8>)> {
     Some((iter.parse().ok()?, B64.decode(salt).ok()?))
 }
 
-/// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677):
+/// The password as SCRAM hashes it: SASLprep (RFC 4013: non-ASCII spaces become spaces,
+/// soft hyphens and the like vanish, NFKC, so a full-width `Ａ` is an `A`), which libpq,
+/// sqlx and tokio-postgres apply before logging in. When SASLprep refuses the string
+/// (prohibited or unassigned characters, mixed-direction text) the raw bytes are used,
+/// as libpq and the server do (`pg_saslprep`'s fallback); sqlx refuses to log in with
+/// such a password, psql and tokio-postgres log in with its raw bytes.
+fn saslprep(password: &str) -> Cow<'_, str> {
+    stringprep::saslprep(password).unwrap_or(Cow::Borrowed(password))
+}
+
+/// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677), the same
+/// one the server computes when it is given the plaintext (for the same salt):
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
 pub fn scram_verifier(password: &str, salt: &[u8], iterations: u32) -> String {
     let mut salted = [0u8; 32];
+    let password = saslprep(password);
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
     let hmac = |key: &[u8], msg: &[u8]| {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key size");
@@ -362,6 +376,21 @@ mod tests {
         assert_eq!(salt, b"0123456789abcdef");
         assert_eq!(scram_verifier("correct horse battery", &salt, iter), v);
         assert_ne!(scram_verifier("correct horse battery!", &salt, iter), v);
+    }
+
+    #[test]
+    fn verifier_hashes_the_saslprepped_password_or_else_the_raw_one() {
+        let salt = b"0123456789abcdef";
+        // No-break space -> space, full-width A -> A, soft hyphen -> nothing.
+        assert_eq!(
+            scram_verifier("pass\u{00A0}word\u{FF21}\u{00AD}", salt, 4096),
+            scram_verifier("pass wordA", salt, 4096)
+        );
+        // SASLprep refuses these; their raw bytes are hashed, as libpq does.
+        for refused in ["private\u{E000}use", "\u{05D0}mixed", "bell\u{7}"] {
+            assert!(stringprep::saslprep(refused).is_err(), "{refused:?}");
+            assert_eq!(saslprep(refused), refused);
+        }
     }
 
     #[test]

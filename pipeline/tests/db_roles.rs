@@ -1,12 +1,14 @@
 //! `pipeline db migrate` and `pipeline db users` on a real PostgreSQL cluster: the
 //! read-only user reads every table (also ones created later), cannot write, the
-//! read-write user can, and both commands are idempotent.
+//! read-write user can, both commands are idempotent, and a non-ASCII password works
+//! (the verifier is computed from its SASLprep'd form, as the server and clients do).
 
 use std::process::Command;
+use std::str::FromStr as _;
 use std::sync::OnceLock;
 
 use pipeline::db::{self, UserChange, UserSpec};
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 
 /// Roles are cluster-wide and the cluster is shared by this binary's tests, so they all
@@ -269,6 +271,92 @@ async fn a_new_password_is_applied() {
             .is_err(),
         "the old password still works"
     );
+}
+
+/// A password with a no-break space and a full-width letter: sqlx (like libpq) hashes
+/// its SASLprep'd form (`' '`, `'A'`) when logging in, so the stored verifier must too.
+#[tokio::test]
+async fn ds_user_logs_in_through_sqlx_with_a_non_ascii_password() {
+    // Its own cluster: changing ds_user's password must not disturb the shared one.
+    let cluster = Box::leak(Box::new(harness::PgCluster::start().expect("cluster")));
+    let tdb = cluster.database();
+    let pool = db::connect(&tdb.url()).await.expect("connect");
+    db::migrate(&pool).await.expect("migrate");
+    let mut users = specs();
+    users[0].password = format!("{}\u{00A0}\u{FF21}", harness::unique("nbsp"));
+    db::ensure_users(&pool, &users).await.expect("users");
+    let options = PgConnectOptions::from_str(&tdb.url())
+        .expect("parse the owner's URL")
+        .username(db::DS_USER)
+        .password(&users[0].password);
+    let ds = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap_or_else(|e| panic!("ds_user cannot log in with its non-ASCII password: {e}"));
+    let who: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&ds)
+        .await
+        .expect("query as ds_user");
+    assert_eq!(who, db::DS_USER);
+}
+
+/// Our verifier is the one PostgreSQL itself computes from the plaintext (`pg_saslprep`,
+/// falling back to the raw bytes when SASLprep refuses the string), for every kind of
+/// password: ASCII, mapped and normalised characters, and ones SASLprep prohibits.
+#[tokio::test]
+async fn verifiers_match_the_servers_own_for_every_kind_of_password() {
+    let tdb = harness::postgres().database();
+    let pool = db::connect(&tdb.url()).await.expect("connect");
+    let base = harness::unique("pw");
+    let cases = [
+        ("ascii", base.clone()),
+        ("no-break space, FF21", format!("{base}\u{00A0}\u{FF21}")),
+        ("mapped to nothing", format!("{base}\u{00AD}x")),
+        ("private use (prohibited)", format!("{base}\u{E000}")),
+        ("mixed direction (bidi)", format!("\u{05D0}{base}")),
+        ("unassigned in Unicode 3.2", format!("{base}\u{0221}")),
+        ("ASCII control", format!("{base}\u{7}")),
+    ];
+    let mut conn = pool.acquire().await.expect("connection");
+    sqlx::raw_sql("SET password_encryption = 'scram-sha-256'")
+        .execute(&mut *conn)
+        .await
+        .expect("set password_encryption");
+    for (what, password) in cases {
+        let role = harness::unique("saslprep").replace('-', "_");
+        // The plaintext in SQL on purpose: the server computes its own verifier.
+        let plaintext = format!("'{}'", password.replace('\'', "''"));
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE ROLE {role} LOGIN PASSWORD {plaintext}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: create role: {e}"));
+        let row = sqlx::query(
+            "SELECT rolpassword, \
+                    split_part(split_part(rolpassword, '$', 2), ':', 1)::int AS iterations, \
+                    decode(split_part(split_part(rolpassword, '$', 2), ':', 2), 'base64') AS salt \
+             FROM pg_authid WHERE rolname = $1",
+        )
+        .bind(&role)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: read the verifier: {e}"));
+        let servers: String = row.get("rolpassword");
+        let iterations: i32 = row.get("iterations");
+        let salt: Vec<u8> = row.get("salt");
+        let iterations = u32::try_from(iterations).expect("positive iterations");
+        assert_eq!(
+            db::scram_verifier(&password, &salt, iterations),
+            servers,
+            "{what}: {password:?}"
+        );
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP ROLE {role}")))
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: drop role: {e}"));
+    }
 }
 
 fn pipeline_cmd() -> Command {
