@@ -1,11 +1,10 @@
 //! What the demo counts before and after its second pass: table rows, model versions,
-//! releases and running instances, and how the two compare.
+//! releases, running instances and the servers the local cloud booted on them, and how
+//! the two compare.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-
-use crate::BUCKET;
 
 /// What a re-run must leave as it found it (or move by exactly one).
 #[derive(Debug, Clone)]
@@ -14,6 +13,8 @@ pub struct Snapshot {
     model_versions: usize,
     releases: usize,
     running_instances: usize,
+    /// Instances whose user data booted a server that serves now (the local cloud).
+    serving_instances: usize,
 }
 
 pub const COUNTED_TABLES: [&str; 6] = [
@@ -66,6 +67,7 @@ pub async fn snapshot(
     s3: &aws_sdk_s3::Client,
     ec2: &aws_sdk_ec2::Client,
     artifacts_bucket: &str,
+    cloud: &harness::cloud::LocalCloud,
 ) -> anyhow::Result<Snapshot> {
     let mut tables = BTreeMap::new();
     for t in COUNTED_TABLES {
@@ -82,7 +84,7 @@ pub async fn snapshot(
             .filter(|k| k.ends_with("/manifest.json"))
             .count()
     };
-    let model_versions = manifests(keys(s3, BUCKET, "models/").await?);
+    let model_versions = manifests(keys(s3, artifacts_bucket, "models/").await?);
     let releases = manifests(keys(s3, artifacts_bucket, "releases/").await?);
     let described = ec2
         .describe_instances()
@@ -105,6 +107,7 @@ pub async fn snapshot(
         model_versions,
         releases,
         running_instances,
+        serving_instances: crate::instances::serving(cloud),
     })
 }
 
@@ -135,5 +138,10 @@ pub fn compare(before: &Snapshot, after: &Snapshot) -> (String, Vec<String>) {
         after.running_instances as u64,
     );
     row("EC2 instances running", a, b, a, "equal");
+    let (a, b) = (
+        before.serving_instances as u64,
+        after.serving_instances as u64,
+    );
+    row("instances booted and serving", a, b, a, "equal");
     (table, wrong)
 }

@@ -1,30 +1,40 @@
 //! `make demo`: the main job, end to end, on this machine.
 //!
-//! Starts a private PostgreSQL cluster and the AWS emulator on loopback, then runs the
-//! product's own binaries as a user would: `pipeline db migrate|users`, `generate` into a
-//! local bucket laid out as the original one (or uploads a given folder), the loads,
-//! the quality checks, the feature store, training, and `server` processes answering
-//! the original example request, then `deployer init|plan|apply|publish` and two
-//! blue/green deploys behind a loopback stand-in for the Elastic IP, with a live
-//! prediction through the fixed endpoint after each.
+//! Starts a private PostgreSQL cluster and the local cloud (the AWS emulator with AWS's
+//! eventual consistency, instances that really boot their user data, Elastic IPs that
+//! really carry traffic; `harness::cloud`), then runs the product's own binaries as a
+//! user would: `pipeline db migrate|users`, `generate` into a local bucket laid out as
+//! the original one (or uploads a given folder), the loads, the quality checks, the
+//! feature store, training; then `deployer init|plan|apply|publish` and two blue/green
+//! deploys. No server is started by hand: each instance the deployer launches boots
+//! from its user data (the real `boot.sh` downloads the published server binary from
+//! S3 and installs its unit, which the local cloud starts on a loopback address of
+//! that instance's own), and the deployer probes the instances through the local
+//! cloud's address map. After each deploy the example request is answered through the
+//! Elastic IP's own address.
 //!
 //! Then it runs the job a second time against the same services, as a user re-running
-//! it would (loads, catch-up, features, checks, training, plan/apply, a third release),
-//! and fails unless the counts moved by exactly one more model and one more release:
-//! same table rows, same running instances. The pictures (monthly sales, the run grid,
-//! the model's evaluation) go to the output folder.
+//! it would (loads, catch-up, features, checks, training, plan/apply, a third release
+//! booted from its own user data), and fails unless the counts moved by exactly one
+//! more model and one more release: same table rows, same running and serving
+//! instances. Then `deployer rollback` (the Elastic IP must serve the previous release
+//! again), `status`, `history` and `destroy`, after which no instance, Elastic IP, VPC,
+//! IAM role or instance profile of the app may be left. The pictures (monthly sales,
+//! the run grid, the model's evaluation) and every instance's boot log and journal go
+//! to the output folder.
 //!
 //! Every process the demo starts is registered; Ctrl-C or SIGTERM at any point stops
-//! them all (`kill -TERM`, then `-KILL` after 5 s) and exits 130. PostgreSQL and the
-//! emulator stop with the demo whatever ends it: the harness's watchdogs see to that.
+//! them all (`kill -TERM`, then `-KILL` after 5 s) and exits 130. PostgreSQL, the
+//! emulator and the instances' processes stop with the demo whatever ends it: the
+//! harness's watchdogs see to that.
 //!
 //! Usage: `demo [DIR]` — with DIR, upload that folder instead of generating data.
 //! Environment: DEMO_CUSTOMERS (default 150000), DEMO_MONTHS (default 36),
-//! DEMO_OUT (pictures and logs, default `out/demo`).
+//! DEMO_OUT (pictures and logs, default `out/demo`); the local cloud's
+//! LOCAL_CLOUD_AWS and LOCAL_CLOUD_EIP_DELAY_MS (`harness::cloud::LocalCloudOptions`).
 
-use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -46,10 +56,12 @@ impl Steps {
 }
 
 mod counts;
+mod instances;
 mod procs;
 mod stop;
 
 use counts::{compare, get_text, snapshot};
+use instances::eip_address;
 use procs::*;
 
 /// `metrics.<part>.<key>` of an artifact's manifest, as a number.
@@ -82,6 +94,16 @@ async fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let pipeline = harness::workspace_bin("pipeline")?;
     let server = harness::workspace_bin("server")?;
+    // The stack, as a user would run it: deploy.example.toml as it is.
+    let config = out_dir.join("deploy.toml");
+    std::fs::copy(harness::repo_root().join("deploy.example.toml"), &config)
+        .context("copying deploy.example.toml")?;
+    let cfg_text = std::fs::read_to_string(&config)?;
+    let app = toml_string(&cfg_text, "", "app")?;
+    let artifacts_bucket = toml_string(&cfg_text, "artifacts", "bucket")?;
+    let api_port: u16 = toml_string(&cfg_text, "", "api_port")?
+        .parse()
+        .context("deploy.example.toml: api_port")?;
     let deployer = harness::workspace_bin("deployer")?;
     let mut steps = Steps(Vec::new());
 
@@ -93,16 +115,30 @@ async fn run() -> anyhow::Result<()> {
         pg.port(),
         pg.base_dir().display()
     );
-    let moto = steps.run("start the AWS emulator on loopback", || {
-        Ok(harness::Moto::start()?)
-    })?;
-    println!("the AWS emulator on {}", moto.endpoint());
+    let cloud = steps.run(
+        "start the local cloud (the AWS emulator with AWS's delays, instances that boot, Elastic IPs on loopback)",
+        || {
+            let mut opts = harness::cloud::LocalCloudOptions::from_env()?;
+            opts.eip_ports.push(api_port);
+            Ok(harness::cloud::LocalCloud::start(opts)?)
+        },
+    )?;
+    let moto = cloud.moto();
+    println!(
+        "the AWS emulator on {}, the local cloud's instances under {}",
+        moto.endpoint(),
+        cloud.sandbox().display()
+    );
+    // Every instance's boot log and journal are copied to the output folder however
+    // the demo ends (but by a signal), before the local cloud removes its sandbox.
+    let logs = instances::SaveLogs::new(&cloud, &out_dir);
     pg.psql("postgres", "CREATE DATABASE ml")?;
 
     // Throwaway secrets for this run only, handed over through the environment.
     let ds_pw = harness::unique("ds");
     let source = format!("s3://{BUCKET}/raw");
-    let models = format!("s3://{BUCKET}/models");
+    // The models go where the instances read them: the artifacts bucket's models/.
+    let models = format!("s3://{artifacts_bucket}/models");
     let mut env: Vec<(&str, String)> = moto.env();
     env.push(("DATABASE_URL", pg.admin_url("ml")));
     env.push(("DS_DATABASE_URL", pg.url_for("ds_user", &ds_pw, "ml")));
@@ -111,6 +147,7 @@ async fn run() -> anyhow::Result<()> {
     env.push(("PIPELINE_SOURCE", source.clone()));
     env.push(("MODELS", models.clone()));
     env.push(("RUST_LOG", "warn".into()));
+    env.push(("DEPLOYER_CONFIG", config.display().to_string()));
 
     steps.run("pipeline db migrate", || {
         run_cli(&pipeline, &["db", "migrate"], &env)
@@ -118,6 +155,9 @@ async fn run() -> anyhow::Result<()> {
     steps.run("pipeline db users", || {
         run_cli(&pipeline, &["db", "users"], &env)
     })?;
+    // From a fresh account: `init` makes the state bucket, the lock table and the
+    // artifacts bucket training publishes into.
+    steps.run("deployer init", || run_cli(&deployer, &["init"], &env))?;
 
     let s3 = moto.s3_client().await;
     let ec2 = moto.ec2_client().await;
@@ -172,17 +212,6 @@ async fn run() -> anyhow::Result<()> {
         let m = months.max(1) - 1;
         format!("{:04}-{:02}", 2020 + m / 12, m % 12 + 1)
     };
-    // The stack, as a user would run it: deploy.example.toml as it is, against the
-    // emulator. The "instances" are real server processes on loopback, one per colour,
-    // and a loopback forwarder stands in for the Elastic IP.
-    let config = out_dir.join("deploy.toml");
-    std::fs::copy(harness::repo_root().join("deploy.example.toml"), &config)
-        .context("copying deploy.example.toml")?;
-    let cfg_text = std::fs::read_to_string(&config)?;
-    let artifacts_bucket = toml_string(&cfg_text, "artifacts", "bucket")?;
-    s3.create_bucket().bucket(&artifacts_bucket).send().await?;
-    env.push(("DEPLOYER_CONFIG", config.display().to_string()));
-
     let out_arg = out_dir.display().to_string();
     // The data part of the job; the second pass runs it again, unchanged.
     let data_steps = |steps: &mut Steps, pass: &str| -> anyhow::Result<()> {
@@ -212,12 +241,12 @@ async fn run() -> anyhow::Result<()> {
     };
     data_steps(&mut steps, "")?;
 
-    let model_version = get_text(&s3, BUCKET, "models/latest")
+    let model_version = get_text(&s3, &artifacts_bucket, "models/latest")
         .await?
         .trim()
         .to_string();
 
-    steps.run("deployer init", || run_cli(&deployer, &["init"], &env))?;
+    // `apply` makes the network, the IAM role and profile and the Elastic IP.
     steps.run("deployer plan", || run_cli(&deployer, &["plan"], &env))?;
     steps.run("deployer apply", || {
         run_cli(&deployer, &["apply", "--auto-approve"], &env)
@@ -244,103 +273,75 @@ async fn run() -> anyhow::Result<()> {
         publish(&mut steps, r, &model_version)?;
     }
 
-    // Stand-ins for the two colours' instances: each serves the published model and
-    // reports its release, as the boot script would make it do.
-    let start_server = |release: &str, port: u16| -> anyhow::Result<Killed> {
-        let child = Command::new(&server)
-            .args(["--model", &models, "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--release", release])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("SERVER_LOG_FORMAT", "text")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(out_dir.join(format!("server-{release}.log")))
-                    .context("creating the server log")?,
-            )
-            .spawn()
-            .context("starting the server")?;
-        Ok(Killed::new(child))
-    };
-    let (blue_port, green_port) = (harness::free_port(), harness::free_port());
-    let mut stand_ins: BTreeMap<&str, (u16, Killed)> = BTreeMap::new();
-    stand_ins.insert("blue", (blue_port, start_server("r1", blue_port)?));
-    stand_ins.insert("green", (green_port, start_server("r2", green_port)?));
-    let fixed_port = harness::free_port();
-    let endpoints =
-        format!("blue=http://127.0.0.1:{blue_port},green=http://127.0.0.1:{green_port}");
-    let _forwarder = Killed::new(
-        Command::new(&deployer)
-            .args(["forward", "--listen", &format!("127.0.0.1:{fixed_port}")])
-            .args(["--endpoint", &format!("blue=http://127.0.0.1:{blue_port}")])
-            .args([
-                "--endpoint",
-                &format!("green=http://127.0.0.1:{green_port}"),
-            ])
-            .args(["--delay", "2s", "--poll", "200ms"])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(out_dir.join("forwarder.log"))
-                    .context("creating the forwarder log")?,
-            )
-            .spawn()
-            .context("starting the Elastic IP forwarder")?,
-    );
+    // The deployer probes each instance's own address as in production; the address
+    // map (kept by the local cloud) translates the emulator's addresses into the
+    // loopback stand-ins the instances serve on. As deploy.yml does, each deploy keeps
+    // the previous colour for a rollback (`--no-wait`); the next deploy replaces it.
+    let address_map = cloud.address_map_path().display().to_string();
     let mut deploy_env = env.clone();
-    deploy_env.push(("DEPLOYER_ENDPOINTS", endpoints));
-    deploy_env.push((
-        "DEPLOYER_FIXED_ENDPOINT",
-        format!("http://127.0.0.1:{fixed_port}"),
-    ));
+    deploy_env.push(("DEPLOYER_ADDRESS_MAP", address_map.clone()));
+    let release_opts = [
+        "--address-map",
+        address_map.as_str(),
+        "--probe-interval",
+        "200ms",
+        "--health-deadline",
+        "120s",
+        "--rollback-window",
+        "10m",
+        "--no-wait",
+    ];
     let deploy = |release: &str| {
-        run_cli(
-            &deployer,
-            &[
-                "deploy",
-                "--release",
-                release,
-                "--probe-interval",
-                "200ms",
-                "--health-deadline",
-                "60s",
-                "--rollback-window",
-                "3s",
-            ],
-            &deploy_env,
-        )
+        let mut args = vec!["deploy", "--release", release];
+        args.extend(release_opts);
+        run_cli(&deployer, &args, &deploy_env)
     };
+    steps.run(
+        "deployer deploy --release r1 (boots from its user data)",
+        || deploy("r1"),
+    )?;
+    let eip = steps.run("the Elastic IP's address (deployer status --json)", || {
+        eip_address(&deployer, &deploy_env)
+    })?;
+    let through_eip = SocketAddr::from((eip, api_port));
+    println!("the Elastic IP {eip}: its stand-in listens on {through_eip}");
+    // The example request through the Elastic IP's own address, once it serves `release`
+    // (the address follows a move after its propagation delay).
     let served_by = |release: &str| -> anyhow::Result<String> {
         let start = Instant::now();
         let want = format!("\"{release}\"");
         loop {
-            let (_, v) = http(fixed_port, "GET", "/version", "")?;
-            if v.contains(&want) {
-                return predict(fixed_port);
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("the fixed endpoint still serves {v} 30 s after the deploy");
+            let last = match http_at(through_eip, "GET", "/version", "") {
+                Ok((200, v)) if v.contains(&want) => return predict_at(through_eip),
+                Ok((status, v)) => format!("{status} {}", v.trim()),
+                Err(e) => format!("{e:#}"),
+            };
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "the Elastic IP {through_eip} does not serve {release} 60 s after the deploy: {last}"
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    steps.run("deployer deploy --release r1 (blue/green)", || deploy("r1"))?;
     let answer = steps.run(
-        &format!("a live prediction through the fixed endpoint 127.0.0.1:{fixed_port}"),
-        || predict(fixed_port),
+        &format!("a live prediction through the Elastic IP {through_eip}, served by r1"),
+        || served_by("r1"),
     )?;
     steps.run("deployer deploy --release r2 over r1 (blue/green)", || {
         deploy("r2")
     })?;
-    let second = steps.run("the same prediction, now served by r2", || served_by("r2"))?;
+    let second = steps.run(
+        &format!("the same prediction through {through_eip}, now served by r2"),
+        || served_by("r2"),
+    )?;
     steps.run("deployer status", || {
         run_cli(&deployer, &["status"], &deploy_env)
     })?;
 
     // The second pass: the same job again over the same services, as a user re-running
     // it would. It may add one model version and one release, nothing else.
-    let before = snapshot(&pg, &s3, &ec2, &artifacts_bucket).await?;
+    let before = snapshot(&pg, &s3, &ec2, &artifacts_bucket, &cloud).await?;
     println!("\n==> second pass: the same job again, against the same services");
     data_steps(&mut steps, "re-run: ")?;
     steps.run("re-run: deployer plan (no change expected)", || {
@@ -356,54 +357,75 @@ async fn run() -> anyhow::Result<()> {
     steps.run("re-run: deployer apply (no change expected)", || {
         run_cli(&deployer, &["apply", "--auto-approve"], &env)
     })?;
-    let model_version3 = get_text(&s3, BUCKET, "models/latest")
+    let model_version3 = get_text(&s3, &artifacts_bucket, "models/latest")
         .await?
         .trim()
         .to_string();
     publish(&mut steps, "r3", &model_version3)?;
-    // r3 goes to the colour that does not hold the Elastic IP. A fresh instance would
-    // boot as r3: restart that colour's stand-in as r3, on the same port.
-    let status_json = run_cli_output(&deployer, &["status", "--json"], &deploy_env)?;
-    let status: serde_json::Value =
-        serde_json::from_str(&status_json).context("reading `deployer status --json`")?;
-    let idle = match status["active"].as_str() {
-        Some("blue") => "green",
-        Some("green") => "blue",
-        other => bail!("`deployer status` names no active colour ({other:?}) after two deploys"),
-    };
+    // r3 replaces the colour kept for the rollback (r1's): a new instance that boots r3
+    // from its own user data.
     steps.run(
-        &format!("re-run: restart the {idle} stand-in as release r3"),
-        || {
-            let (port, old) = stand_ins
-                .remove(idle)
-                .with_context(|| format!("no {idle} stand-in"))?;
-            drop(old);
-            let new = start_server("r3", port)?;
-            stand_ins.insert(idle, (port, new));
-            Ok(())
-        },
-    )?;
-    steps.run(
-        &format!("re-run: deployer deploy --release r3 ({idle}, blue/green)"),
+        "re-run: deployer deploy --release r3 (replaces r1's colour, blue/green)",
         || deploy("r3"),
     )?;
-    let third = steps.run("the same prediction, now served by r3", || served_by("r3"))?;
+    let third = steps.run(
+        &format!("the same prediction through {through_eip}, now served by r3"),
+        || served_by("r3"),
+    )?;
+    let after = snapshot(&pg, &s3, &ec2, &artifacts_bucket, &cloud).await?;
+
+    steps.run(
+        "deployer rollback (the Elastic IP back to r2's colour)",
+        || {
+            let mut args = vec!["rollback"];
+            args.extend(release_opts);
+            run_cli(&deployer, &args, &deploy_env)
+        },
+    )?;
+    let rolled_back = steps.run(
+        &format!("the same prediction through {through_eip}, served by r2 again"),
+        || served_by("r2"),
+    )?;
+    steps.run("deployer status", || {
+        run_cli(&deployer, &["status"], &deploy_env)
+    })?;
     steps.run("deployer history", || {
         run_cli(&deployer, &["history"], &env)
     })?;
-    let after = snapshot(&pg, &s3, &ec2, &artifacts_bucket).await?;
+    steps.run("deployer destroy --auto-approve", || {
+        run_cli(&deployer, &["destroy", "--auto-approve"], &env)
+    })?;
+    let name = "after destroy: what is left of the app (instances, Elastic IPs, VPCs, IAM)";
+    println!("\n==> {name}");
+    let t = Instant::now();
+    let left = instances::left_after_destroy(&ec2, moto, &app)
+        .await
+        .with_context(|| format!("step failed: {name}"))?;
+    steps.0.push((name.to_string(), t.elapsed().as_secs_f64()));
+    print!("{left}");
+    let instance_logs = logs.save();
 
     // The promoted model's picture and metrics, from its artifact.
-    let latest = get_text(&s3, BUCKET, "models/latest")
+    let latest = get_text(&s3, &artifacts_bucket, "models/latest")
         .await?
         .trim()
         .to_string();
     let evaluation = out_dir.join("evaluation.svg");
-    let svg = get_text(&s3, BUCKET, &format!("models/{latest}/evaluation.svg")).await?;
+    let svg = get_text(
+        &s3,
+        &artifacts_bucket,
+        &format!("models/{latest}/evaluation.svg"),
+    )
+    .await?;
     std::fs::write(&evaluation, svg)
         .with_context(|| format!("writing {}", evaluation.display()))?;
     let manifest: serde_json::Value = serde_json::from_str(
-        &get_text(&s3, BUCKET, &format!("models/{latest}/manifest.json")).await?,
+        &get_text(
+            &s3,
+            &artifacts_bucket,
+            &format!("models/{latest}/manifest.json"),
+        )
+        .await?,
     )
     .context("reading the artifact's manifest.json")?;
 
@@ -433,20 +455,34 @@ async fn run() -> anyhow::Result<()> {
         println!("  {}", out_dir.join(name).display());
     }
     println!("\nrequest:  {EXAMPLE}");
-    println!("answer:   {}   (release r1)", answer.trim());
-    println!("answer:   {}   (release r2)", second.trim());
     println!(
-        "answer:   {}   (release r3, after the re-run)",
+        "answer:   {}   (release r1, through the Elastic IP {through_eip})",
+        answer.trim()
+    );
+    println!(
+        "answer:   {}   (release r2, through the Elastic IP {through_eip})",
+        second.trim()
+    );
+    println!(
+        "answer:   {}   (release r3, after the re-run, through the Elastic IP {through_eip})",
         third.trim()
     );
     println!(
-        "\nexample, through the fixed endpoint (it stops with the demo):\n  curl -s -X POST http://127.0.0.1:{fixed_port}/predict -d '{EXAMPLE}'"
+        "answer:   {}   (release r2 again, after the rollback, through the Elastic IP {through_eip})",
+        rolled_back.trim()
     );
+    println!(
+        "\nexample, as it was answered through the Elastic IP (destroyed since):\n  curl -s -X POST http://{through_eip}/predict -d '{EXAMPLE}'"
+    );
+    println!("\nthe instances' boot logs and journals (each booted from its user data):");
+    for path in &instance_logs {
+        println!("  {}", path.display());
+    }
 
     let (table, wrong) = compare(&before, &after);
     println!("\nthe re-run, counted (before and after the second pass):\n{table}");
     println!(
-        "PostgreSQL on 127.0.0.1:{}, the AWS emulator on {}, the servers and the forwarder stop now.",
+        "PostgreSQL on 127.0.0.1:{}, the local cloud (the AWS emulator on {}) stop now.",
         pg.port(),
         moto.endpoint()
     );
@@ -454,7 +490,7 @@ async fn run() -> anyhow::Result<()> {
         bail!("idempotence: FAILED: {}", wrong.join("; "));
     }
     println!(
-        "idempotence: OK (rows equal, model versions +1, releases +1, running instances equal)"
+        "idempotence: OK (rows equal, model versions +1, releases +1, running and serving instances equal)"
     );
     Ok(())
 }

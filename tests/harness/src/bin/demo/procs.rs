@@ -1,8 +1,11 @@
 //! Running the product's binaries as children of the demo (registered with [`crate::stop`]
-//! so Ctrl-C ends them), and talking to a server on loopback.
+//! so Ctrl-C ends them), and talking to a server through a loopback address.
 
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
@@ -97,41 +100,101 @@ pub fn files_under(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
-/// A long-running child (a server, the forwarder): registered for Ctrl-C, killed when
-/// dropped.
-pub struct Killed(Child);
+/// One HTTP/1.1 exchange (`Connection: close`) with a loopback address, such as the
+/// Elastic IP's stand-in: (status, body). A non-empty body is sent as JSON.
+pub fn http_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    http_with(addr, method, path, &[], body)
+}
 
-impl Killed {
-    pub fn new(child: Child) -> Killed {
-        stop::register(child.id());
-        Killed(child)
+/// [`http_at`] with extra request headers.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    if !addr.ip().is_loopback() {
+        bail!("refusing to connect to {addr}: not a loopback address");
     }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        stop::unregister(self.0.id());
+    let timeout = Duration::from_secs(5);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("{method} http://{addr}{path}: connecting"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    if !body.is_empty() {
+        extra.push_str("Content-Type: application/json\r\n");
     }
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes())
+        .with_context(|| format!("{method} http://{addr}{path}: sending"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("{method} http://{addr}{path}: reading the answer"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+        bail!(
+            "{method} http://{addr}{path}: no complete answer ({} bytes)",
+            raw.len()
+        );
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{method} http://{addr}{path}: no status line in {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
 }
 
-pub fn http(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let r = harness::http::request(port, method, path, body)?;
-    Ok((r.status, r.body))
+/// A chunked body's data.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
-pub fn predict(port: u16) -> anyhow::Result<String> {
-    let (status, body) = http(port, "POST", "/predict", EXAMPLE)?;
+/// The example request, answered through `addr`.
+pub fn predict_at(addr: SocketAddr) -> anyhow::Result<String> {
+    let (status, body) = http_at(addr, "POST", "/predict", EXAMPLE)?;
     if status != 200 {
-        bail!("POST /predict answered {status}: {body}");
+        bail!("POST http://{addr}/predict answered {status}: {body}");
     }
     Ok(body)
 }
 
-/// `[section] key = "value"` from a TOML text.
+/// `[section] key = "value"` (or `key = value`) from a TOML text; section "" is the
+/// top level.
 pub fn toml_string(text: &str, section: &str, key: &str) -> anyhow::Result<String> {
-    let mut in_section = false;
+    let mut in_section = section.is_empty();
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
             in_section = line == format!("[{section}]");
@@ -141,6 +204,9 @@ pub fn toml_string(text: &str, section: &str, key: &str) -> anyhow::Result<Strin
         {
             return Ok(v.trim().trim_matches('"').to_string());
         }
+    }
+    if section.is_empty() {
+        bail!("deploy.example.toml has no top-level {key}")
     }
     bail!("deploy.example.toml has no [{section}] {key}")
 }
