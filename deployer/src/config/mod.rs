@@ -3,9 +3,14 @@
 //! Every key is documented in `deploy.example.toml` at the repository root. A broken
 //! file is refused with the file, the line and the key that is wrong.
 
+mod checks;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use checks::parse_cidr;
+use checks::{cidr_contains, find_key, invalid, valid_bucket, valid_name};
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -354,82 +359,6 @@ impl Config {
     }
 }
 
-fn valid_name(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-fn valid_bucket(s: &str) -> bool {
-    (3..=63).contains(&s.len())
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-}
-
-/// `a.b.c.d/n` as (address, prefix length).
-pub fn parse_cidr(s: &str) -> Option<(u32, u8)> {
-    let (ip, len) = s.split_once('/')?;
-    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
-    (len <= 32).then_some((u32::from(ip), len))
-}
-
-fn cidr_contains(outer: (u32, u8), inner: (u32, u8)) -> bool {
-    let mask = |l: u8| if l == 0 { 0 } else { u32::MAX << (32 - l) };
-    inner.1 >= outer.1 && (inner.0 & mask(outer.1)) == (outer.0 & mask(outer.1))
-}
-
-fn invalid(
-    path: &Path,
-    text: &str,
-    offset: usize,
-    key: Option<&str>,
-    message: String,
-) -> ConfigError {
-    let offset = offset.min(text.len());
-    let line = text[..offset].matches('\n').count() + 1;
-    let key = key
-        .map(str::to_string)
-        .or_else(|| key_on_line(text.lines().nth(line - 1).unwrap_or("")));
-    ConfigError::Invalid {
-        path: path.to_path_buf(),
-        line,
-        key: key.map(|k| format!(", key `{k}`")).unwrap_or_default(),
-        message,
-    }
-}
-
-/// `name` from a line `name = value`.
-fn key_on_line(line: &str) -> Option<String> {
-    let (k, _) = line.split_once('=')?;
-    let k = k.trim().trim_matches('"');
-    (!k.is_empty() && !k.starts_with('#') && !k.starts_with('[')).then(|| k.to_string())
-}
-
-/// Byte offset of `key = ...` inside `[section]` (or at the top level).
-fn find_key(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
-    let mut current: Option<String> = None;
-    let mut offset = 0;
-    let mut section_start = None;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with('[') {
-            current = Some(t.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-            if current.as_deref() == section {
-                section_start = Some(offset);
-            }
-        } else if current.as_deref() == section && key_on_line(t).as_deref() == Some(key) {
-            return Some(offset);
-        }
-        offset += line.len();
-    }
-    section_start
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,7 +443,7 @@ bucket = "churn-artifacts"
         // include_str! (not a path from env!): cargo rebuilds when the file changes, and
         // a build cached from another checkout reads this checkout's file.
         let path = Path::new("deploy.example.toml");
-        let text = include_str!("../../deploy.example.toml");
+        let text = include_str!("../../../deploy.example.toml");
         Config::parse(text, path).expect("the example is valid");
         for key in [
             "region",
