@@ -154,35 +154,13 @@ impl Backoff {
 pub async fn retry_while<T, F, Fut>(
     bound: Backoff,
     retryable: impl Fn(&AwsError) -> bool,
-    mut op: F,
+    op: F,
 ) -> Result<T, AwsError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, AwsError>>,
 {
-    let start = tokio::time::Instant::now();
-    let mut delay = bound.first_delay;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let err = match op().await {
-            Ok(out) => return Ok(out),
-            Err(err) => err,
-        };
-        if !retryable(&err) || start.elapsed() + delay > bound.deadline {
-            return Err(err);
-        }
-        tracing::debug!(
-            resource = %err.resource,
-            action = err.action,
-            code = %err.code,
-            attempt,
-            ?delay,
-            "not yet consistent, retrying"
-        );
-        tokio::time::sleep(delay).await;
-        delay = bound.next_delay(delay);
-    }
+    retry(bound, retryable, op, false).await
 }
 
 /// How long EC2 may take to show what was just created (terraform-provider-aws's
@@ -234,7 +212,23 @@ pub fn has_code(err: &AwsError, codes: &[&str]) -> bool {
 pub async fn retry_logged<T, F, Fut>(
     bound: Backoff,
     retryable: impl Fn(&AwsError) -> bool,
+    op: F,
+) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    retry(bound, retryable, op, true).await
+}
+
+/// The one retry loop behind [`retry_while`] (retries at debug level) and
+/// [`retry_logged`] (at info level). After the bound, the error says how long it was
+/// retried.
+async fn retry<T, F, Fut>(
+    bound: Backoff,
+    retryable: impl Fn(&AwsError) -> bool,
     mut op: F,
+    loud: bool,
 ) -> Result<T, AwsError>
 where
     F: FnMut() -> Fut,
@@ -261,13 +255,24 @@ where
             );
             return Err(err);
         }
-        tracing::info!(
-            "{}: {} refused with {} ({}), retrying in {delay:.1?} (attempt {attempt})",
-            err.resource,
-            err.action,
-            err.code,
-            err.message
-        );
+        if loud {
+            tracing::info!(
+                "{}: {} refused with {} ({}), retrying in {delay:.1?} (attempt {attempt})",
+                err.resource,
+                err.action,
+                err.code,
+                err.message
+            );
+        } else {
+            tracing::debug!(
+                resource = %err.resource,
+                action = err.action,
+                code = %err.code,
+                attempt,
+                ?delay,
+                "not yet consistent, retrying"
+            );
+        }
         tokio::time::sleep(delay).await;
         delay = bound.next_delay(delay);
     }
@@ -408,7 +413,13 @@ mod tests {
         let elapsed = start.elapsed();
         let err = out.expect_err("never succeeds");
         assert!(attempts.get() >= 3, "only {} attempts", attempts.get());
-        assert_eq!(err.message, format!("attempt {}", attempts.get()));
+        // The last error, saying how long it was retried.
+        assert!(
+            err.message
+                .starts_with(&format!("attempt {} (still refused after", attempts.get())),
+            "{}",
+            err.message
+        );
         // It stops only when the next wait (4 ms at most) would pass the deadline, and
         // never waits longer than the cap.
         assert!(elapsed > Duration::from_millis(40 - 4), "{elapsed:?}");

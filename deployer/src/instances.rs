@@ -187,12 +187,9 @@ pub struct LaunchSpec<'a> {
     pub release: &'a str,
 }
 
-/// How long the deployer keeps asking about an instance EC2 answered for moments ago
-/// but does not show yet (`InvalidInstanceID.NotFound` right after `RunInstances`),
-/// and how long an Elastic IP move may take to show in `DescribeAddresses`:
-/// terraform-provider-aws's `ec2PropagationTimeout`. EC2's API is eventually
-/// consistent; a new id is usually visible within seconds.
-pub const EC2_PROPAGATION: Duration = Duration::from_secs(120);
+/// How long an instance EC2 answered for moments ago may stay unknown to
+/// `DescribeInstances`, and an Elastic IP move unseen by `DescribeAddresses`.
+pub use crate::aws::EC2_PROPAGATION;
 
 /// How long `RunInstances` is retried while EC2 does not yet see a new instance
 /// profile: terraform-provider-aws's `iamPropagationTimeout` (IAM changes reach EC2
