@@ -48,19 +48,14 @@ impl Resource for Eip {
     }
 
     async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_addresses()
-            .set_filters(Some(tags::filters(s.cfg, KIND)))
-            .send()
-            .await
-            .map_err(|e| AwsError::new(KIND.address(), "DescribeAddresses", e))?;
-        Ok(out
-            .addresses()
-            .iter()
-            .filter_map(|v| v.allocation_id().map(str::to_string))
-            .collect())
+        find_tagged!(
+            s,
+            KIND,
+            describe_addresses,
+            "DescribeAddresses",
+            addresses,
+            allocation_id
+        )
     }
 
     async fn create(&self, s: &Stack<'_>, _ids: &Ids) -> Result<String, AwsError> {

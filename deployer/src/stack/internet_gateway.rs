@@ -39,19 +39,14 @@ impl Resource for InternetGateway {
     }
 
     async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_internet_gateways()
-            .set_filters(Some(tags::filters(s.cfg, KIND)))
-            .send()
-            .await
-            .map_err(|e| AwsError::new(KIND.address(), "DescribeInternetGateways", e))?;
-        Ok(out
-            .internet_gateways()
-            .iter()
-            .filter_map(|v| v.internet_gateway_id().map(str::to_string))
-            .collect())
+        find_tagged!(
+            s,
+            KIND,
+            describe_internet_gateways,
+            "DescribeInternetGateways",
+            internet_gateways,
+            internet_gateway_id
+        )
     }
 
     async fn create(&self, s: &Stack<'_>, _ids: &Ids) -> Result<String, AwsError> {

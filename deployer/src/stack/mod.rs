@@ -57,6 +57,28 @@ use serde_json::Value;
 use crate::aws::{AwsError, Backoff, Clients, has_code, or_absent, retry_logged};
 use crate::config::Config;
 
+/// The ids of the EC2 resources of `$kind` that carry the stack's tags for it: one
+/// `$describe` call (`$action`) with the tag filters, then `$id` of each of `$list` in
+/// the answer (those `$keep` accepts, when given). Every EC2 resource's `find`.
+macro_rules! find_tagged {
+    ($s:expr, $kind:expr, $describe:ident, $action:literal, $list:ident, $id:ident $(, keep $keep:expr)?) => {{
+        let out = $s
+            .clients
+            .ec2
+            .$describe()
+            .set_filters(Some(tags::filters($s.cfg, $kind)))
+            .send()
+            .await
+            .map_err(|e| AwsError::new($kind.address(), $action, e))?;
+        Ok(out
+            .$list()
+            .iter()
+            $(.filter($keep))?
+            .filter_map(|v| v.$id().map(str::to_string))
+            .collect())
+    }};
+}
+
 mod eip;
 mod iam_role;
 mod iam_role_policy;

@@ -45,19 +45,14 @@ impl Resource for RouteTable {
     }
 
     async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_route_tables()
-            .set_filters(Some(tags::filters(s.cfg, KIND)))
-            .send()
-            .await
-            .map_err(|e| AwsError::new(KIND.address(), "DescribeRouteTables", e))?;
-        Ok(out
-            .route_tables()
-            .iter()
-            .filter_map(|v| v.route_table_id().map(str::to_string))
-            .collect())
+        find_tagged!(
+            s,
+            KIND,
+            describe_route_tables,
+            "DescribeRouteTables",
+            route_tables,
+            route_table_id
+        )
     }
 
     async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {

@@ -83,19 +83,14 @@ impl Resource for SecurityGroup {
     }
 
     async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_security_groups()
-            .set_filters(Some(tags::filters(s.cfg, KIND)))
-            .send()
-            .await
-            .map_err(|e| AwsError::new(KIND.address(), "DescribeSecurityGroups", e))?;
-        Ok(out
-            .security_groups()
-            .iter()
-            .filter_map(|v| v.group_id().map(str::to_string))
-            .collect())
+        find_tagged!(
+            s,
+            KIND,
+            describe_security_groups,
+            "DescribeSecurityGroups",
+            security_groups,
+            group_id
+        )
     }
 
     async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {

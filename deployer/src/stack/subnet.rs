@@ -51,19 +51,14 @@ impl Resource for Subnet {
     }
 
     async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_subnets()
-            .set_filters(Some(tags::filters(s.cfg, KIND)))
-            .send()
-            .await
-            .map_err(|e| AwsError::new(KIND.address(), "DescribeSubnets", e))?;
-        Ok(out
-            .subnets()
-            .iter()
-            .filter_map(|v| v.subnet_id().map(str::to_string))
-            .collect())
+        find_tagged!(
+            s,
+            KIND,
+            describe_subnets,
+            "DescribeSubnets",
+            subnets,
+            subnet_id
+        )
     }
 
     async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {

@@ -38,19 +38,7 @@ impl Resource for Vpc {
     }
 
     async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_vpcs()
-            .set_filters(Some(tags::filters(s.cfg, KIND)))
-            .send()
-            .await
-            .map_err(|e| AwsError::new(KIND.address(), "DescribeVpcs", e))?;
-        Ok(out
-            .vpcs()
-            .iter()
-            .filter_map(|v| v.vpc_id().map(str::to_string))
-            .collect())
+        find_tagged!(s, KIND, describe_vpcs, "DescribeVpcs", vpcs, vpc_id)
     }
 
     async fn create(&self, s: &Stack<'_>, _ids: &Ids) -> Result<String, AwsError> {

@@ -106,20 +106,15 @@ impl Resource for VpcEndpoint {
     }
 
     async fn find(&self, s: &Stack<'_>, _current: &Ids) -> Result<Vec<String>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_vpc_endpoints()
-            .set_filters(Some(tags::filters(s.cfg, KIND)))
-            .send()
-            .await
-            .map_err(|e| AwsError::new(KIND.address(), "DescribeVpcEndpoints", e))?;
-        Ok(out
-            .vpc_endpoints()
-            .iter()
-            .filter(|e| !is_gone(e))
-            .filter_map(|e| e.vpc_endpoint_id().map(str::to_string))
-            .collect())
+        find_tagged!(
+            s,
+            KIND,
+            describe_vpc_endpoints,
+            "DescribeVpcEndpoints",
+            vpc_endpoints,
+            vpc_endpoint_id,
+            keep | e | !is_gone(e)
+        )
     }
 
     async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {
