@@ -5,6 +5,8 @@
 //! * [`classifier`]: scoring from parameters alone ([`Classifier`]: logistic regression
 //!   or a tree ensemble).
 //! * [`artifact`]: the versioned, checksummed files a model is saved as and loaded from.
+//! * [`location`]: where artifacts (and the pipeline's input files) live, a folder or
+//!   `s3://BUCKET/PREFIX`, parsed once for training and serving.
 //!
 //! ```
 //! use model::{Features, FeatureEncoding, Model, classifier::{Classifier, Logistic}};
@@ -23,11 +25,13 @@
 pub mod artifact;
 pub mod classifier;
 pub mod features;
+pub mod location;
 pub mod time;
 
 pub use artifact::{Artifact, ArtifactError, ArtifactFiles, ArtifactSpec, Fingerprint, Manifest};
 pub use classifier::{Classifier, Family, ParamsError};
 pub use features::{EncodeError, FeatureEncoding, Features};
+pub use location::{Location, LocationError};
 
 /// A model that can score: encoding + classifier + decision threshold.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,7 +9,25 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use tokio::io::AsyncReadExt;
 
+use model::location::key;
+use model::{Location, LocationError};
+
 use super::EtlError;
+
+/// `--source`/`--out`: the shared parser, with the ETL's own messages. An empty value
+/// is the current directory, as it has always been for the ETL.
+fn parse(location: &str) -> Result<Location, EtlError> {
+    match location.parse() {
+        Ok(l) => Ok(l),
+        Err(LocationError::Empty) => Ok(Location::Dir(PathBuf::new())),
+        Err(LocationError::NoBucket) => Err(EtlError::Config(format!(
+            "not an S3 location: {location:?}"
+        ))),
+        Err(LocationError::Scheme) => Err(EtlError::Config(format!(
+            "unsupported source {location:?}: use s3://BUCKET/PREFIX or a directory"
+        ))),
+    }
+}
 
 /// A place that holds the input files, laid out as the original bucket.
 #[derive(Clone)]
@@ -26,16 +44,6 @@ impl fmt::Debug for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe())
     }
-}
-
-/// Splits `s3://bucket/some/prefix` into bucket and prefix (no leading or trailing `/`).
-pub fn parse_s3_url(url: &str) -> Option<(String, String)> {
-    let rest = url.strip_prefix("s3://")?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return None;
-    }
-    Some((bucket.to_string(), prefix.trim_matches('/').to_string()))
 }
 
 /// An S3 client from the standard configuration chain. When an endpoint URL is
@@ -59,40 +67,44 @@ pub async fn sdk_config_from_env() -> aws_config::SdkConfig {
 impl Source {
     /// `s3://BUCKET/PREFIX` with the given SDK configuration, or a local directory.
     pub fn new(location: &str, sdk: Option<&aws_config::SdkConfig>) -> Result<Source, EtlError> {
-        if location.starts_with("s3://") {
-            let (bucket, prefix) = parse_s3_url(location)
-                .ok_or_else(|| EtlError::Config(format!("not an S3 location: {location:?}")))?;
-            let sdk = sdk.ok_or_else(|| {
-                EtlError::Config("an S3 source needs an AWS SDK configuration".into())
-            })?;
-            Ok(Source::S3 {
-                client: s3_client(sdk),
-                bucket,
-                prefix,
-            })
-        } else if location.contains("://") {
-            Err(EtlError::Config(format!(
-                "unsupported source {location:?}: use s3://BUCKET/PREFIX or a directory"
-            )))
-        } else {
-            Ok(Source::Dir(PathBuf::from(location)))
+        Source::at(parse(location)?, sdk)
+    }
+
+    /// `new` for a parsed location.
+    pub fn at(location: Location, sdk: Option<&aws_config::SdkConfig>) -> Result<Source, EtlError> {
+        match location {
+            Location::S3 { bucket, prefix } => {
+                let sdk = sdk.ok_or_else(|| {
+                    EtlError::Config("an S3 source needs an AWS SDK configuration".into())
+                })?;
+                Ok(Source::S3 {
+                    client: s3_client(sdk),
+                    bucket,
+                    prefix,
+                })
+            }
+            Location::Dir(dir) => Ok(Source::Dir(dir)),
         }
     }
 
     /// `new`, loading the SDK configuration from the environment when it is needed.
     pub async fn from_env_location(location: &str) -> Result<Source, EtlError> {
-        if location.starts_with("s3://") {
-            let sdk = sdk_config_from_env().await;
-            Source::new(location, Some(&sdk))
-        } else {
-            Source::new(location, None)
-        }
+        let location = parse(location)?;
+        let sdk = match location {
+            Location::S3 { .. } => Some(sdk_config_from_env().await),
+            Location::Dir(_) => None,
+        };
+        Source::at(location, sdk.as_ref())
     }
 
+    /// `s3://bucket`, `s3://bucket/prefix` or the directory.
     pub fn describe(&self) -> String {
         match self {
-            Source::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
-            Source::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+            Source::S3 { bucket, prefix, .. } => Location::S3 {
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+            }
+            .to_string(),
             Source::Dir(p) => p.display().to_string(),
         }
     }
@@ -101,14 +113,6 @@ impl Source {
     /// messages.
     pub fn location_of(&self, rel: &str) -> String {
         format!("{}/{rel}", self.describe().trim_end_matches('/'))
-    }
-
-    fn key(prefix: &str, rel: &str) -> String {
-        if prefix.is_empty() {
-            rel.to_string()
-        } else {
-            format!("{prefix}/{rel}")
-        }
     }
 
     /// Opens `rel` for streaming. A file that is not there is [`EtlError::Missing`].
@@ -123,7 +127,7 @@ impl Source {
                 let out = client
                     .get_object()
                     .bucket(bucket)
-                    .key(Self::key(prefix, rel))
+                    .key(key(prefix, rel))
                     .send()
                     .await;
                 match out {
@@ -171,7 +175,7 @@ impl Source {
                 client
                     .put_object()
                     .bucket(bucket)
-                    .key(Self::key(prefix, rel))
+                    .key(key(prefix, rel))
                     .body(ByteStream::from(data))
                     .send()
                     .await
