@@ -19,7 +19,10 @@ use std::fmt::Write as _;
 use chrono::{Duration, NaiveDate};
 use serde::Serialize;
 
+use model::classifier::sigmoid;
+
 use crate::etl::{EtlError, Month, Source};
+use crate::train::metrics::roc_auc;
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -97,41 +100,9 @@ impl Rng {
 
 pub const STORES: [&str; 5] = ["New York", "Lisbon", "London", "Berlin", "Paris"];
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// The label's log-odds without intercept, from the current activity row and profile.
 pub fn signal(scd_a: f64, scd_b: i64, attr_a: i64) -> f64 {
     4.0 * (scd_a - 0.5) + 0.35 * (scd_b as f64 - 5.0) + 0.05 * (attr_a as f64 - 3.0)
-}
-
-/// Area under the ROC curve of `scores` for binary `labels` (ties count half).
-pub fn auc(scores: &[f64], labels: &[bool]) -> f64 {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    // Average ranks over ties, then the Mann–Whitney U statistic.
-    let mut rank_sum_pos = 0.0;
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
-            j += 1;
-        }
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &idx[i..=j] {
-            if labels[k] {
-                rank_sum_pos += avg;
-            }
-        }
-        i = j + 1;
-    }
-    let pos = labels.iter().filter(|&&l| l).count() as f64;
-    let neg = labels.len() as f64 - pos;
-    if pos == 0.0 || neg == 0.0 {
-        return 0.5;
-    }
-    (rank_sum_pos - pos * (pos + 1.0) / 2.0) / (pos * neg)
 }
 
 /// Expected AUC of scoring by `p` when labels are drawn as Bernoulli(`p`):
@@ -212,11 +183,11 @@ pub async fn generate(out: &Source, opts: &GenOptions) -> Result<GenReport, EtlE
     labels_csv.push_str("idx,label\n");
     let mut labels = Vec::with_capacity(n as usize);
     for (idx, pi) in p.iter().enumerate() {
-        let l = rng.f64() < *pi;
+        let l = u8::from(rng.f64() < *pi);
         labels.push(l);
-        let _ = writeln!(labels_csv, "{idx},{}", u8::from(l));
+        let _ = writeln!(labels_csv, "{idx},{l}");
     }
-    let positives = labels.iter().filter(|&&l| l).count() as u64;
+    let positives = labels.iter().filter(|&&l| l == 1).count() as u64;
 
     out.put("customer_profiles.csv", profiles.into_bytes())
         .await?;
@@ -253,7 +224,7 @@ pub async fn generate(out: &Source, opts: &GenOptions) -> Result<GenReport, EtlE
         activity_rows,
         positives,
         positive_rate: positives as f64 / n.max(1) as f64,
-        optimum_auc: auc(&p, &labels),
+        optimum_auc: roc_auc(&p, &labels),
         expected_auc: expected_auc(&p),
         sales_files: opts.months,
         sales_rows,
@@ -264,16 +235,6 @@ pub async fn generate(out: &Source, opts: &GenOptions) -> Result<GenReport, EtlE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn auc_of_perfect_and_reversed_scores() {
-        let s = [0.1, 0.2, 0.8, 0.9];
-        let l = [false, false, true, true];
-        assert!((auc(&s, &l) - 1.0).abs() < 1e-12);
-        let r = [true, true, false, false];
-        assert!(auc(&s, &r).abs() < 1e-12);
-        assert!((auc(&[0.5; 4], &l) - 0.5).abs() < 1e-12);
-    }
 
     #[test]
     fn rng_is_deterministic() {

@@ -238,6 +238,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn auc_of_perfect_and_reversed_scores() {
+        let s = [0.1, 0.2, 0.8, 0.9];
+        let l = [0, 0, 1, 1];
+        assert!((roc_auc(&s, &l) - 1.0).abs() < 1e-12);
+        let r = [1, 1, 0, 0];
+        assert!(roc_auc(&s, &r).abs() < 1e-12);
+        assert!((roc_auc(&[0.5; 4], &l) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
     fn auc_by_hand() {
         // positives 0.9, 0.4; negatives 0.5, 0.1: pairs won 3 of 4.
         let s = [0.9, 0.5, 0.4, 0.1];
