@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use model::Features;
 use pipeline::db::{self, UserSpec};
-use pipeline::train::{self, ModelStore, Store, metrics};
+use pipeline::train::{self, Location, Store, metrics};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use sqlx::postgres::PgPool;
 
@@ -137,7 +137,7 @@ async fn trains_as_ds_user_near_the_optimum_and_serving_scores_the_same() {
     // TRAIN_MODELS_OUT=DIR keeps the artifact (e.g. to point `server --model` at it).
     let keep = std::env::var_os("TRAIN_MODELS_OUT").map(std::path::PathBuf::from);
     let root = keep.clone().unwrap_or_else(|| temp_root("models"));
-    let store = Store::open(ModelStore::Dir(root.clone())).await;
+    let store = Store::open(Location::Dir(root.clone())).await;
     let t0 = std::time::Instant::now();
     let report = train::run(&ds, &store, 0.01, false, 7)
         .await
@@ -281,7 +281,7 @@ async fn promotion_gate_on_s3_refuses_a_worse_model_unless_forced() {
         .expect("create bucket");
     let models = format!("s3://{bucket}/models");
     let store = Store::with_client(
-        ModelStore::S3 {
+        Location::S3 {
             bucket: bucket.clone(),
             prefix: "models".into(),
         },

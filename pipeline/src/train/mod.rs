@@ -19,25 +19,28 @@
 //! 5. [`publish`]: the version is saved; `latest` moves only if the new test ROC AUC is
 //!    not worse than `latest`'s by more than `--margin`, or with `--force`.
 
+mod data;
 pub mod fit;
 pub mod metrics;
 pub mod plot;
+mod publish;
 pub mod store;
 
-use std::fmt::Write as _;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use model::{
-    Artifact, ArtifactError, ArtifactSpec, EncodeError, FeatureEncoding, Features, Fingerprint,
-    Model,
-};
+use model::{ArtifactError, EncodeError, FeatureEncoding, Model};
 use ndarray::Array2;
 use rand::{SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
-use sqlx::Row as _;
 use sqlx::postgres::PgPool;
 
+pub use data::{Data, connect, load_feature_store};
 pub use metrics::Evaluation;
-pub use store::{ModelStore, Store};
+pub use model::Location;
+pub use publish::{
+    Promotion, Report, check_margin, code_version, make_artifact, publish, publish_fitted,
+    stored_test_auc,
+};
+pub use store::Store;
 
 /// The picture stored beside the model.
 pub const PICTURE_FILE: &str = "evaluation.svg";
@@ -76,8 +79,6 @@ pub enum TrainError {
         key: String,
         message: String,
     },
-    #[error("invalid --models {value:?}: {reason}")]
-    Store { value: String, reason: String },
     #[error(
         "the current latest model {version} cannot be compared against: {reason} (use --force to promote anyway)"
     )]
@@ -102,69 +103,6 @@ pub enum TrainError {
     Margin(f64),
     #[error("background task failed: {0}")]
     Join(String),
-}
-
-/// The labelled rows of `feature_store`, in `idx` order.
-#[derive(Debug, Clone, Default)]
-pub struct Data {
-    pub idx: Vec<i64>,
-    pub features: Vec<Features>,
-    pub labels: Vec<u8>,
-    /// `sha256:<hex>` over the rows ([`Fingerprint`]).
-    pub fingerprint: String,
-}
-
-/// Reads every labelled row (rows with a NULL label are skipped) in a READ ONLY
-/// transaction, so even a misconfigured role could not write through this path.
-pub async fn load_feature_store(pool: &PgPool) -> Result<Data, TrainError> {
-    let mut tx = pool.begin().await.map_err(TrainError::Query)?;
-    sqlx::query("SET TRANSACTION READ ONLY")
-        .execute(&mut *tx)
-        .await
-        .map_err(TrainError::Query)?;
-    let rows = sqlx::query(
-        "SELECT idx, attr_a, attr_b, scd_a, scd_b, label FROM feature_store \
-         WHERE label IS NOT NULL ORDER BY idx",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(TrainError::Query)?;
-    tx.commit().await.map_err(TrainError::Query)?;
-
-    let mut data = Data::default();
-    let mut fp = Fingerprint::new();
-    for r in rows {
-        let idx: i64 = r.try_get("idx").map_err(TrainError::Query)?;
-        let label: i16 = r.try_get("label").map_err(TrainError::Query)?;
-        let label = match label {
-            0 => 0u8,
-            1 => 1u8,
-            other => {
-                return Err(TrainError::BadRow {
-                    idx,
-                    reason: format!("label {other} is not 0 or 1"),
-                });
-            }
-        };
-        let f = Features {
-            attr_a: i64::from(r.try_get::<i16, _>("attr_a").map_err(TrainError::Query)?),
-            attr_b: r.try_get("attr_b").map_err(TrainError::Query)?,
-            scd_a: r.try_get("scd_a").map_err(TrainError::Query)?,
-            scd_b: i64::from(r.try_get::<i32, _>("scd_b").map_err(TrainError::Query)?),
-        };
-        if !f.scd_a.is_finite() {
-            return Err(TrainError::BadRow {
-                idx,
-                reason: format!("scd_a {} is not a finite number", f.scd_a),
-            });
-        }
-        fp.add(idx, &f, label);
-        data.idx.push(idx);
-        data.features.push(f);
-        data.labels.push(label);
-    }
-    data.fingerprint = fp.finish();
-    Ok(data)
 }
 
 /// Row positions of the three splits.
@@ -369,56 +307,58 @@ pub fn train(data: &Data, seed: u64) -> Result<Trained, TrainError> {
     })
 }
 
-/// The evaluation table, as printed.
-pub fn table(t: &Trained) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "candidates (validation split):");
-    for c in &t.candidates {
-        let _ = writeln!(
+/// The evaluation table: the candidates on the validation split, then the chosen model
+/// against the majority-class baseline on the test split.
+impl std::fmt::Display for Trained {
+    fn fmt(&self, s: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self;
+        writeln!(s, "candidates (validation split):")?;
+        for c in &t.candidates {
+            writeln!(
+                s,
+                "  {:<20} ROC AUC {:.4}   fit {:.2}s{}",
+                c.family,
+                c.valid_auc,
+                c.fit_seconds,
+                if family_of(&t.model) == c.family {
+                    "   <- chosen"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        writeln!(
             s,
-            "  {:<20} ROC AUC {:.4}   fit {:.2}s{}",
-            c.family,
-            c.valid_auc,
-            c.fit_seconds,
-            if family_of(&t.model) == c.family {
-                "   <- chosen"
-            } else {
-                ""
-            }
-        );
+            "test split: {} rows, {} positive ({:.1}%), threshold {:.4} (max F1 on validation)",
+            t.test.rows,
+            t.test.positives,
+            100.0 * t.test.positives as f64 / t.test.rows.max(1) as f64,
+            t.test.threshold
+        )?;
+        writeln!(
+            s,
+            "  {:<10} {:>10} {:>16}",
+            "metric", "model", "majority class"
+        )?;
+        let rows: [(&str, f64, f64); 7] = [
+            ("ROC AUC", t.test.roc_auc, t.baseline.roc_auc),
+            ("PR AUC", t.test.pr_auc, t.baseline.pr_auc),
+            ("log loss", t.test.log_loss, t.baseline.log_loss),
+            ("accuracy", t.test.accuracy, t.baseline.accuracy),
+            ("precision", t.test.precision, t.baseline.precision),
+            ("recall", t.test.recall, t.baseline.recall),
+            ("F1", t.test.f1, t.baseline.f1),
+        ];
+        for (name, m, b) in rows {
+            writeln!(s, "  {name:<10} {m:>10.4} {b:>16.4}")?;
+        }
+        let (c, b) = (t.test.confusion, t.baseline.confusion);
+        writeln!(
+            s,
+            "  confusion  TP {} FP {} TN {} FN {}   (baseline TP {} FP {} TN {} FN {})",
+            c.tp, c.fp, c.tn, c.fn_, b.tp, b.fp, b.tn, b.fn_
+        )
     }
-    let _ = writeln!(
-        s,
-        "test split: {} rows, {} positive ({:.1}%), threshold {:.4} (max F1 on validation)",
-        t.test.rows,
-        t.test.positives,
-        100.0 * t.test.positives as f64 / t.test.rows.max(1) as f64,
-        t.test.threshold
-    );
-    let _ = writeln!(
-        s,
-        "  {:<10} {:>10} {:>16}",
-        "metric", "model", "majority class"
-    );
-    let rows: [(&str, f64, f64); 7] = [
-        ("ROC AUC", t.test.roc_auc, t.baseline.roc_auc),
-        ("PR AUC", t.test.pr_auc, t.baseline.pr_auc),
-        ("log loss", t.test.log_loss, t.baseline.log_loss),
-        ("accuracy", t.test.accuracy, t.baseline.accuracy),
-        ("precision", t.test.precision, t.baseline.precision),
-        ("recall", t.test.recall, t.baseline.recall),
-        ("F1", t.test.f1, t.baseline.f1),
-    ];
-    for (name, m, b) in rows {
-        let _ = writeln!(s, "  {name:<10} {m:>10.4} {b:>16.4}");
-    }
-    let (c, b) = (t.test.confusion, t.baseline.confusion);
-    let _ = writeln!(
-        s,
-        "  confusion  TP {} FP {} TN {} FN {}   (baseline TP {} FP {} TN {} FN {})",
-        c.tp, c.fp, c.tn, c.fn_, b.tp, b.fp, b.tn, b.fn_
-    );
-    s
 }
 
 fn family_of(m: &Model) -> &'static str {
@@ -428,212 +368,32 @@ fn family_of(m: &Model) -> &'static str {
     }
 }
 
-/// The code version recorded in the manifest: crate version, plus the git revision
-/// when the build or the environment names one (`GIT_SHA`, `GITHUB_SHA`).
-pub fn code_version() -> String {
-    let rev = option_env!("GIT_SHA")
-        .map(str::to_string)
-        .or_else(|| std::env::var("GIT_SHA").ok())
-        .or_else(|| std::env::var("GITHUB_SHA").ok());
-    match rev {
-        Some(r) if !r.is_empty() => format!("pipeline {} ({r})", env!("CARGO_PKG_VERSION")),
-        _ => format!("pipeline {}", env!("CARGO_PKG_VERSION")),
-    }
-}
-
-/// The artifact for a trained model: metrics, picture, fingerprint, code version.
-pub fn make_artifact(t: &Trained, data: &Data, seed: u64) -> Result<Artifact, TrainError> {
-    let mut m = serde_json::Map::new();
-    m.insert("test".into(), t.test.to_json());
-    m.insert("validation".into(), t.valid.to_json());
-    m.insert("baseline_majority_class".into(), t.baseline.to_json());
-    m.insert(
-        "candidates".into(),
-        serde_json::Value::Array(
-            t.candidates
-                .iter()
-                .map(|c| {
-                    serde_json::json!({
-                        "family": c.family,
-                        "validation_roc_auc": c.valid_auc,
-                        "fit_seconds": c.fit_seconds,
-                    })
-                })
-                .collect(),
-        ),
-    );
-    m.insert("chosen".into(), family_of(&t.model).into());
-    m.insert(
-        "split".into(),
-        serde_json::json!({
-            "seed": seed,
-            "train": t.split.train.len(),
-            "validation": t.split.valid.len(),
-            "test": t.split.test.len(),
-            "stratified": true,
-        }),
-    );
-    let svg = plot::evaluation_svg(
-        family_of(&t.model),
-        &t.test_scores,
-        &t.test_labels,
-        &t.test,
-        &t.baseline,
-    );
-    let mut extra = model::ArtifactFiles::new();
-    extra.insert(PICTURE_FILE.into(), svg.into_bytes());
-    Ok(Artifact::new(ArtifactSpec {
-        model: t.model.clone(),
-        code_version: code_version(),
-        training_data: data.fingerprint.clone(),
-        metrics: m,
-        extra_files: extra,
-        created: SystemTime::now(),
-    })?)
-}
-
-/// The test ROC AUC stored in an artifact's metrics.
-pub fn stored_test_auc(a: &Artifact) -> Option<f64> {
-    a.manifest
-        .metrics
-        .get("test")
-        .and_then(|t| t.get("roc_auc"))
-        .and_then(serde_json::Value::as_f64)
-}
-
-/// What happened to `latest`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Promotion {
-    /// No `latest` before: the first model.
-    First,
-    /// Within the margin (or better) than `previous`.
-    Promoted { previous: String, previous_auc: f64 },
-    /// Worse than the margin allows, promoted because of `--force`.
-    Forced {
-        previous: String,
-        previous_auc: Option<f64>,
-    },
-}
-
-/// Saves `a` and moves `latest` to it unless the gate refuses
-/// ([`TrainError::NotPromoted`]: the version stays saved, `latest` unchanged).
-///
-/// `test` (features and labels of this run's test split), when given, is scored with
-/// the incumbent too, for the refusal message.
-pub async fn publish(
-    store: &Store,
-    a: &Artifact,
-    margin: f64,
-    force: bool,
-    test: Option<(&[Features], &[u8])>,
-) -> Result<(String, Promotion), TrainError> {
-    let new_auc = stored_test_auc(a).unwrap_or(f64::NAN);
-    // Read the incumbent before saving, so a broken `latest` is reported up front.
-    let incumbent = match store.latest().await? {
-        None => None,
-        Some(v) => {
-            let (auc, here) = match store.load(&v).await {
-                Ok(old) => (
-                    stored_test_auc(&old)
-                        .ok_or_else(|| "its manifest has no metrics.test.roc_auc".to_string()),
-                    test.and_then(|(f, y)| rescore(&old.model, f, y)),
-                ),
-                Err(e) => (Err(e.to_string()), None),
-            };
-            Some((v, auc, here))
-        }
-    };
-    let saved = store.save(a).await?;
-    tracing::info!(version = a.version(), at = %saved, "saved");
-    let promotion = match incumbent {
-        None => Promotion::First,
-        Some((previous, Ok(previous_auc), here)) => {
-            if new_auc >= previous_auc - margin {
-                Promotion::Promoted {
-                    previous,
-                    previous_auc,
-                }
-            } else if force {
-                Promotion::Forced {
-                    previous,
-                    previous_auc: Some(previous_auc),
-                }
-            } else {
-                return Err(TrainError::NotPromoted {
-                    note: here.map_or_else(String::new, |h| {
-                        format!(" (on this run's test split latest scores {h:.4})")
-                    }),
-                    new_version: a.version().to_string(),
-                    new_auc,
-                    latest_version: previous,
-                    latest_auc: previous_auc,
-                    margin,
-                    saved,
-                });
-            }
-        }
-        Some((previous, Err(reason), _)) => {
-            if force {
-                Promotion::Forced {
-                    previous,
-                    previous_auc: None,
-                }
-            } else {
-                return Err(TrainError::Incumbent {
-                    version: previous,
-                    reason,
-                });
-            }
-        }
-    };
-    store.promote(a.version()).await?;
-    Ok((saved, promotion))
-}
-
-/// ROC AUC of `m` on records; `None` if a record cannot be scored by it.
-fn rescore(m: &Model, features: &[Features], labels: &[u8]) -> Option<f64> {
-    let scores = features
-        .iter()
-        .map(|f| m.predict_proba(f).ok())
-        .collect::<Option<Vec<f64>>>()?;
-    Some(metrics::roc_auc(&scores, labels))
-}
-
-/// `pipeline train` options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TrainArgs {
-    /// Where artifacts go: a directory or s3://BUCKET/PREFIX (the root the server's
-    /// --model reads: <root>/latest, <root>/<version>/...).
-    #[arg(long, env = "MODELS")]
-    pub models: String,
-    /// Connection URL for the read-only ds_user.
-    #[arg(long, env = "DS_DATABASE_URL", hide_env_values = true)]
-    pub ds_database_url: String,
-    /// Promote even if the new model's test ROC AUC is worse than latest's by more
-    /// than --margin.
-    #[arg(long)]
-    pub force: bool,
-    /// How much worse (test ROC AUC) than latest a new model may be and still be
-    /// promoted.
-    #[arg(long, default_value_t = 0.01)]
-    pub margin: f64,
-    /// Seed of the split and the tree bootstrap samples.
-    #[arg(long, default_value_t = 42)]
+/// What [`fit_from`] read and trained: steps 1 to 4.
+#[derive(Debug)]
+pub struct Fitted {
+    pub data: Data,
+    pub trained: Trained,
     pub seed: u64,
 }
 
-/// What [`run`] did.
-#[derive(Debug)]
-pub struct Report {
-    pub version: String,
-    pub saved: String,
-    pub promotion: Promotion,
-    pub trained: Trained,
-    pub table: String,
+/// Steps 1 to 4: reads `feature_store`, splits, fits both families and evaluates the
+/// chosen one (its table is `trained`'s `Display`).
+pub async fn fit_from(pool: &PgPool, seed: u64) -> Result<Fitted, TrainError> {
+    let data = load_feature_store(pool).await?;
+    tracing::info!(rows = data.labels.len(), fingerprint = %data.fingerprint, "read feature_store");
+    let (data, trained) =
+        tokio::task::spawn_blocking(move || train(&data, seed).map(|t| (data, t)))
+            .await
+            .map_err(|e| TrainError::Join(e.to_string()))??;
+    Ok(Fitted {
+        data,
+        trained,
+        seed,
+    })
 }
 
-/// The whole command: read, train, evaluate, publish. A refused promotion is the error
-/// [`TrainError::NotPromoted`] (the version is saved).
+/// The whole command: read, train, evaluate, publish ([`fit_from`], then
+/// [`publish_fitted`]).
 pub async fn run(
     pool: &PgPool,
     store: &Store,
@@ -642,78 +402,13 @@ pub async fn run(
     seed: u64,
 ) -> Result<Report, TrainError> {
     let t0 = Instant::now();
-    let data = load_feature_store(pool).await?;
-    tracing::info!(rows = data.labels.len(), fingerprint = %data.fingerprint, "read feature_store");
-    let (data, trained) =
-        tokio::task::spawn_blocking(move || train(&data, seed).map(|t| (data, t)))
-            .await
-            .map_err(|e| TrainError::Join(e.to_string()))??;
-    let table = table(&trained);
-    println!("{table}");
-    let artifact = make_artifact(&trained, &data, seed)?;
-    let version = artifact.version().to_string();
-    let test_features: Vec<Features> = trained
-        .split
-        .test
-        .iter()
-        .map(|&i| data.features[i].clone())
-        .collect();
-    let test = Some((&test_features[..], &trained.test_labels[..]));
-    let (saved, promotion) = publish(store, &artifact, margin, force, test).await?;
+    let fitted = fit_from(pool, seed).await?;
+    let report = publish_fitted(store, fitted, margin, force).await?;
     tracing::info!(
-        version,
-        ?promotion,
         seconds = t0.elapsed().as_secs_f64(),
-        "published"
+        "trained and published"
     );
-    Ok(Report {
-        version,
-        saved,
-        promotion,
-        trained,
-        table,
-    })
-}
-
-/// The binary's entry point for `pipeline train`.
-pub async fn cli(args: &TrainArgs) -> Result<(), TrainError> {
-    let location: ModelStore = args.models.parse()?;
-    if !(args.margin.is_finite() && args.margin >= 0.0) {
-        return Err(TrainError::Margin(args.margin));
-    }
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(30))
-        .connect(&args.ds_database_url)
-        .await
-        .map_err(TrainError::Connect)?;
-    let store = Store::open(location).await;
-    let r = run(&pool, &store, args.margin, args.force, args.seed).await?;
-    match &r.promotion {
-        Promotion::First => println!(
-            "model {} saved at {}; latest -> {} (first model)",
-            r.version, r.saved, r.version
-        ),
-        Promotion::Promoted {
-            previous,
-            previous_auc,
-        } => println!(
-            "model {} saved at {}; latest -> {} (test ROC AUC {:.4}, was {previous} with {previous_auc:.4})",
-            r.version, r.saved, r.version, r.trained.test.roc_auc
-        ),
-        Promotion::Forced {
-            previous,
-            previous_auc,
-        } => println!(
-            "model {} saved at {}; latest -> {} FORCED (test ROC AUC {:.4}, was {previous} with {})",
-            r.version,
-            r.saved,
-            r.version,
-            r.trained.test.roc_auc,
-            previous_auc.map_or("unreadable metrics".to_string(), |a| format!("{a:.4}"))
-        ),
-    }
-    Ok(())
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -735,22 +430,5 @@ mod tests {
             let p = part.iter().filter(|&&i| labels[i] == 1).count();
             assert!((p as f64 - share * pos as f64).abs() <= 1.0, "{p} of {pos}");
         }
-    }
-
-    #[test]
-    fn store_locations_parse() {
-        assert_eq!(
-            "s3://b/models/".parse::<ModelStore>().unwrap(),
-            ModelStore::S3 {
-                bucket: "b".into(),
-                prefix: "models".into()
-            }
-        );
-        assert_eq!(
-            "out/models".parse::<ModelStore>().unwrap(),
-            ModelStore::Dir("out/models".into())
-        );
-        assert!("s3:///x".parse::<ModelStore>().is_err());
-        assert!("gs://b/x".parse::<ModelStore>().is_err());
     }
 }

@@ -11,92 +11,30 @@
 use std::path::PathBuf;
 
 use model::artifact::{self, CHECKSUMS_FILE, LATEST_FILE};
-use model::{Artifact, ArtifactError, ArtifactFiles};
+use model::location::key;
+use model::{Artifact, ArtifactError, ArtifactFiles, Location};
 
 use super::TrainError;
-
-/// A parsed `--models` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelStore {
-    Dir(PathBuf),
-    S3 { bucket: String, prefix: String },
-}
-
-impl std::str::FromStr for ModelStore {
-    type Err = TrainError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |m: &str| TrainError::Store {
-            value: s.to_string(),
-            reason: m.to_string(),
-        };
-        if let Some(rest) = s.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(err("no bucket"));
-            }
-            Ok(ModelStore::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.trim_matches('/').to_string(),
-            })
-        } else if s.contains("://") {
-            Err(err("only local directories and s3:// are supported"))
-        } else if s.is_empty() {
-            Err(err("empty path"))
-        } else {
-            Ok(ModelStore::Dir(PathBuf::from(s)))
-        }
-    }
-}
-
-impl std::fmt::Display for ModelStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ModelStore::Dir(p) => write!(f, "{}", p.display()),
-            ModelStore::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
-        }
-    }
-}
+use crate::etl::source::{s3_client, sdk_config_from_env};
 
 /// A store with its S3 client (made once, from the standard AWS configuration).
 #[derive(Debug)]
 pub struct Store {
-    pub location: ModelStore,
+    pub location: Location,
     s3: Option<aws_sdk_s3::Client>,
 }
 
-fn key(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}/{name}")
-    }
-}
-
-/// An S3 client from the environment; path-style addressing when an endpoint URL is
-/// configured (the emulator on loopback).
-pub async fn s3_client() -> aws_sdk_s3::Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let mut b = aws_sdk_s3::config::Builder::from(&sdk);
-    if sdk.endpoint_url().is_some() {
-        b = b.force_path_style(true);
-    }
-    aws_sdk_s3::Client::from_conf(b.build())
-}
-
 impl Store {
-    pub async fn open(location: ModelStore) -> Store {
+    pub async fn open(location: Location) -> Store {
         let s3 = match location {
-            ModelStore::S3 { .. } => Some(s3_client().await),
-            ModelStore::Dir(_) => None,
+            Location::S3 { .. } => Some(s3_client(&sdk_config_from_env().await)),
+            Location::Dir(_) => None,
         };
         Store { location, s3 }
     }
 
     /// With a given client (tests).
-    pub fn with_client(location: ModelStore, client: aws_sdk_s3::Client) -> Store {
+    pub fn with_client(location: Location, client: aws_sdk_s3::Client) -> Store {
         Store {
             location,
             s3: Some(client),
@@ -169,12 +107,12 @@ impl Store {
     /// The version `latest` names, or `None` when there is no `latest` yet.
     pub async fn latest(&self) -> Result<Option<String>, TrainError> {
         match &self.location {
-            ModelStore::Dir(root) => match artifact::latest(root) {
+            Location::Dir(root) => match artifact::latest(root) {
                 Ok(v) => Ok(Some(v)),
                 Err(ArtifactError::Missing { .. }) => Ok(None),
                 Err(e) => Err(e.into()),
             },
-            ModelStore::S3 { bucket, prefix } => {
+            Location::S3 { bucket, prefix } => {
                 let k = key(prefix, LATEST_FILE);
                 match self.get(bucket, &k).await? {
                     None => Ok(None),
@@ -193,8 +131,8 @@ impl Store {
     pub async fn load(&self, version: &str) -> Result<Artifact, TrainError> {
         artifact::validate_version_name(version)?;
         match &self.location {
-            ModelStore::Dir(root) => Ok(artifact::load(root, Some(version))?),
-            ModelStore::S3 { bucket, prefix } => {
+            Location::Dir(root) => Ok(artifact::load(root, Some(version))?),
+            Location::S3 { bucket, prefix } => {
                 let vprefix = key(prefix, version);
                 let origin = format!("s3://{bucket}/{vprefix}/");
                 let sums_key = key(&vprefix, CHECKSUMS_FILE);
@@ -240,7 +178,7 @@ impl Store {
     /// where it went.
     pub async fn save(&self, a: &Artifact) -> Result<String, TrainError> {
         match &self.location {
-            ModelStore::Dir(root) => {
+            Location::Dir(root) => {
                 let root = root.clone();
                 let a = a.clone();
                 let dir = tokio::task::spawn_blocking(move || a.save(&root))
@@ -248,7 +186,7 @@ impl Store {
                     .map_err(|e| TrainError::Join(e.to_string()))??;
                 Ok(dir.display().to_string())
             }
-            ModelStore::S3 { bucket, prefix } => {
+            Location::S3 { bucket, prefix } => {
                 let vprefix = key(prefix, a.version());
                 let sums_key = key(&vprefix, CHECKSUMS_FILE);
                 if self.get(bucket, &sums_key).await?.is_some() {
@@ -270,8 +208,8 @@ impl Store {
     /// Points `latest` at `version` (which must load cleanly).
     pub async fn promote(&self, version: &str) -> Result<(), TrainError> {
         match &self.location {
-            ModelStore::Dir(root) => Ok(artifact::promote(root, version)?),
-            ModelStore::S3 { bucket, prefix } => {
+            Location::Dir(root) => Ok(artifact::promote(root, version)?),
+            Location::S3 { bucket, prefix } => {
                 self.load(version).await?;
                 self.put(
                     bucket,

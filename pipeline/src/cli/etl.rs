@@ -1,5 +1,5 @@
-//! The ETL subcommands of the `pipeline` binary: argument parsing and printing over
-//! the library (`pipeline::etl`, `runs`, `quality`, `features`, `generate`).
+//! The ETL subcommands: argument parsing and printing over the library
+//! (`pipeline::etl`, `runs`, `quality`, `features`, `report`, `generate`).
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -145,8 +145,7 @@ async fn loader(database_url: Option<&str>, s: &SourceArgs) -> anyhow::Result<Lo
 }
 
 async fn pool(database_url: Option<&str>) -> anyhow::Result<sqlx::PgPool> {
-    let url = database_url.context("no database given: set DATABASE_URL or pass --database-url")?;
-    Ok(pipeline::db::connect(url).await?)
+    Ok(pipeline::db::connect(super::database_url(database_url)?).await?)
 }
 
 fn print_summaries(list: &[RunSummary]) {

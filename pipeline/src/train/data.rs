@@ -1,0 +1,81 @@
+//! Step 1 of training: the labelled rows of `feature_store`, read as the read-only
+//! `ds_user` inside a READ ONLY transaction, with their fingerprint.
+
+use model::{Features, Fingerprint};
+use sqlx::Row as _;
+use sqlx::postgres::PgPool;
+
+use super::TrainError;
+
+/// A small pool for training, as the read-only `ds_user`.
+pub async fn connect(ds_database_url: &str) -> Result<PgPool, TrainError> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .connect(ds_database_url)
+        .await
+        .map_err(TrainError::Connect)
+}
+
+/// The labelled rows of `feature_store`, in `idx` order.
+#[derive(Debug, Clone, Default)]
+pub struct Data {
+    pub idx: Vec<i64>,
+    pub features: Vec<Features>,
+    pub labels: Vec<u8>,
+    /// `sha256:<hex>` over the rows ([`Fingerprint`]).
+    pub fingerprint: String,
+}
+
+/// Reads every labelled row (rows with a NULL label are skipped) in a READ ONLY
+/// transaction, so even a misconfigured role could not write through this path.
+pub async fn load_feature_store(pool: &PgPool) -> Result<Data, TrainError> {
+    let mut tx = pool.begin().await.map_err(TrainError::Query)?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(TrainError::Query)?;
+    let rows = sqlx::query(
+        "SELECT idx, attr_a, attr_b, scd_a, scd_b, label FROM feature_store \
+         WHERE label IS NOT NULL ORDER BY idx",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(TrainError::Query)?;
+    tx.commit().await.map_err(TrainError::Query)?;
+
+    let mut data = Data::default();
+    let mut fp = Fingerprint::new();
+    for r in rows {
+        let idx: i64 = r.try_get("idx").map_err(TrainError::Query)?;
+        let label: i16 = r.try_get("label").map_err(TrainError::Query)?;
+        let label = match label {
+            0 => 0u8,
+            1 => 1u8,
+            other => {
+                return Err(TrainError::BadRow {
+                    idx,
+                    reason: format!("label {other} is not 0 or 1"),
+                });
+            }
+        };
+        let f = Features {
+            attr_a: i64::from(r.try_get::<i16, _>("attr_a").map_err(TrainError::Query)?),
+            attr_b: r.try_get("attr_b").map_err(TrainError::Query)?,
+            scd_a: r.try_get("scd_a").map_err(TrainError::Query)?,
+            scd_b: i64::from(r.try_get::<i32, _>("scd_b").map_err(TrainError::Query)?),
+        };
+        if !f.scd_a.is_finite() {
+            return Err(TrainError::BadRow {
+                idx,
+                reason: format!("scd_a {} is not a finite number", f.scd_a),
+            });
+        }
+        fp.add(idx, &f, label);
+        data.idx.push(idx);
+        data.features.push(f);
+        data.labels.push(label);
+    }
+    data.fingerprint = fp.finish();
+    Ok(data)
+}
