@@ -264,7 +264,7 @@ pub async fn run(cmd: &EtlCommand, database_url: Option<&str>) -> anyhow::Result
             } else {
                 print!(
                     "{}",
-                    runs::render_grid(&cells, std::io::stdout().is_terminal())
+                    super::grid::render_grid(&cells, std::io::stdout().is_terminal())
                 );
             }
             Ok(())

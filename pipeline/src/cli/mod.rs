@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod etl;
+pub mod grid;
 pub mod train;
 
 use anyhow::Context as _;
