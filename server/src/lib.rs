@@ -5,12 +5,14 @@
 //! * [`source`]: the model from a local artifact root or S3;
 //! * [`metrics`]: Prometheus metrics;
 //! * [`predlog`]: prediction logging off the request path;
-//! * [`serve`]: the listener, signals and graceful shutdown.
+//! * [`serve`]: the listener, signals and graceful shutdown;
+//! * [`https`]: HTTPS with an ACME certificate for the public IP (`--tls acme`).
 //!
 //! The binary (`src/main.rs`) only parses flags and environment and calls [`serve::run`].
 
 pub mod api;
 pub mod app;
+pub mod https;
 pub mod metrics;
 pub mod predlog;
 pub mod serve;

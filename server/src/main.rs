@@ -16,7 +16,7 @@ use server::app::{AppConfig, AppState};
 use server::metrics::Metrics;
 use server::predlog::PredLog;
 use server::predlog::pg::PgSinkConfig;
-use server::serve::{ServeOptions, run};
+use server::serve::{ServeOptions, run_with_tls};
 use server::source::{Fetcher, ModelSource};
 
 #[derive(Debug, Parser)]
@@ -71,6 +71,8 @@ struct Args {
     /// Log format on stderr.
     #[arg(long, env = "SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    #[command(flatten)]
+    tls: server::https::TlsArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -99,6 +101,7 @@ fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
 async fn main_inner(args: Args) -> anyhow::Result<()> {
     let source: ModelSource = args.model.parse().context("--model")?;
     let metrics = Arc::new(Metrics::new());
+    let tls = server::https::setup(&args.tls, args.listen, &metrics).await?;
     let mut predlog = PredLog::new();
     if let Some(url) = args
         .prediction_database_url
@@ -135,7 +138,7 @@ async fn main_inner(args: Args) -> anyhow::Result<()> {
         metrics,
         predlog,
     ));
-    run(
+    run_with_tls(
         state,
         ServeOptions {
             listen: args.listen,
@@ -143,6 +146,7 @@ async fn main_inner(args: Args) -> anyhow::Result<()> {
             header_read_timeout: secs("header-timeout", args.header_timeout)?,
             first_load_max_backoff: secs("first-load-max-backoff", args.first_load_max_backoff)?,
         },
+        tls,
     )
     .await?;
     Ok(())

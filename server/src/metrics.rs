@@ -10,6 +10,8 @@
 //! | `model_reloads_total` | result (ok, error) | reload attempts |
 //! | `prediction_log_written_total` | sink (file, postgres) | records written by each prediction sink |
 //! | `prediction_log_dropped_total` | sink (file, postgres) | records a sink dropped: its queue full or closed, or a failed write |
+//! | `tls_certificate_expiry_seconds` | | notAfter of the certificate being served, Unix seconds (0: none; `--tls acme` only) |
+//! | `tls_renewals_total` | result (ok, error) | certificate renewal attempts that issued or failed |
 //!
 //! `route` is the matched route (`/predict`, ...) or `unmatched`, never the raw path,
 //! so a scan of random URLs cannot blow up the label set.
@@ -68,6 +70,9 @@ pub struct Metrics {
     /// Per sink; a sink takes its two counters once at start (no lookup per record).
     pub log_written: Family<SinkLabels, Counter>,
     pub log_dropped: Family<SinkLabels, Counter>,
+    /// notAfter of the served certificate (Unix seconds).
+    pub tls_expiry: Gauge,
+    pub tls_renewals: Family<ResultLabels, Counter>,
     /// Serialises model_info updates (clear + set must not interleave).
     info_lock: Mutex<()>,
     /// `predictions_total{label}` for labels 0 and 1, looked up once.
@@ -143,6 +148,18 @@ impl Metrics {
             "Prediction records dropped, by sink: its queue was full or closed, or the write failed",
             log_dropped.clone(),
         );
+        let tls_expiry = Gauge::default();
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "notAfter of the TLS certificate being served, in Unix seconds (0: none)",
+            tls_expiry.clone(),
+        );
+        let tls_renewals = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_renewals",
+            "TLS certificate renewal attempts, by result",
+            tls_renewals.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -153,6 +170,8 @@ impl Metrics {
             reloads,
             log_written,
             log_dropped,
+            tls_expiry,
+            tls_renewals,
             info_lock: Mutex::new(()),
             by_label: Default::default(),
         }
@@ -246,6 +265,14 @@ impl Metrics {
             self.log_written.get_or_create(&l).clone(),
             self.log_dropped.get_or_create(&l).clone(),
         )
+    }
+
+    /// Counts one certificate renewal attempt.
+    pub fn count_tls_renewal(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.tls_renewals
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// The exposition text.

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::app::{self, AppState};
+use crate::https::{HttpMode, TlsServe};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS configuration: {0}")]
+    Tls(rustls::Error),
     #[error("cannot install the {what} handler: {source}")]
     Signal {
         what: &'static str,
@@ -88,6 +91,16 @@ async fn first_load(state: Arc<AppState>, max_backoff: Duration) {
 
 /// Binds, loads the model, serves until SIGTERM/SIGINT, drains, returns.
 pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeError> {
+    run_with_tls(state, opts, None).await
+}
+
+/// [`run`], plus HTTPS, the HTTP-01 responder and the certificate renewer when `tls` is
+/// set (see [`crate::https`]). HTTPS connections drain on shutdown like plain ones.
+pub async fn run_with_tls(
+    state: Arc<AppState>,
+    opts: ServeOptions,
+    tls: Option<TlsServe>,
+) -> Result<(), ServeError> {
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -108,6 +121,26 @@ pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeEr
         source,
     })?;
     tracing::info!(addr = %local, release = %state.config.release, "listening");
+    let mut https = None;
+    let mut redirect_to = None;
+    if let Some(t) = &tls {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })
+        };
+        let l = bind(t.https_listen).await?;
+        let challenge = bind(t.challenge_listen).await?;
+        let config = crate::https::server_config(t.resolver.clone()).map_err(ServeError::Tls)?;
+        tracing::info!(https = %t.https_listen, acme_http = %t.challenge_listen,
+            http_mode = ?t.http_mode, "listening for HTTPS and ACME challenges");
+        tokio::spawn(tls::acme::serve_challenges(challenge, t.challenges.clone()));
+        tokio::spawn(t.renewer.clone().run());
+        https = Some((l, tokio_rustls::TlsAcceptor::from(Arc::new(config))));
+        if t.http_mode == HttpMode::Redirect {
+            redirect_to = Some(Arc::<str>::from(t.public_base.as_str()));
+        }
+    }
 
     // The first load runs beside the listener: liveness answers at once, readiness
     // once a model is in.
@@ -144,9 +177,18 @@ pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeEr
                 };
                 let _ = stream.set_nodelay(true);
                 let st = state.clone();
-                let svc = service_fn(move |req| {
+                let to = redirect_to.clone();
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let st = st.clone();
-                    async move { Ok::<_, Infallible>(app::handle(st, req).await) }
+                    let to = to.clone();
+                    async move {
+                        Ok::<_, Infallible>(match to {
+                            Some(base) if !crate::https::stays_plain(req.uri().path()) => {
+                                crate::https::redirect(&base, req.uri())
+                            }
+                            _ => app::handle(st, req).await,
+                        })
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let fut = graceful.watch(conn);
@@ -156,12 +198,57 @@ pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeEr
                     }
                 });
             }
+            accepted = accept_https(https.as_ref()) => {
+                let Some((_, acceptor)) = https.as_ref() else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "HTTPS accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let st = state.clone();
+                let svc = service_fn(move |req| {
+                    let st = st.clone();
+                    async move { Ok::<_, Infallible>(app::handle(st, req).await) }
+                });
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                // The handshake shares the header timeout (a client that never finishes
+                // it must not hold a task forever).
+                let hs_timeout = if opts.header_read_timeout.is_zero() {
+                    Duration::from_secs(30)
+                } else {
+                    opts.header_read_timeout
+                };
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(hs_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "HTTPS connection ended with an error");
+                    }
+                });
+            }
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
         }
     };
 
     drop(listener);
+    drop(https);
     state.begin_shutdown();
     tracing::info!(
         signal = reason,
@@ -180,6 +267,16 @@ pub async fn run(state: Arc<AppState>, opts: ServeOptions) -> Result<(), ServeEr
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts on the HTTPS listener, or never when there is none.
+async fn accept_https(
+    https: Option<&(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match https {
+        Some((l, _)) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -131,7 +131,9 @@ impl Fetcher {
     }
 }
 
-async fn s3_client() -> aws_sdk_s3::Client {
+/// The S3 client every part of the server uses (standard configuration; path-style
+/// addressing when `AWS_ENDPOINT_URL` is set).
+pub(crate) async fn s3_client() -> aws_sdk_s3::Client {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;

@@ -1,0 +1,317 @@
+//! `--tls acme` against a real ACME server (Pebble, harness) with the bucket in moto, all
+//! on loopback: the server orders a certificate for its own loopback "public IP",
+//! answering HTTP-01 itself; clients verify it SNI-less against Pebble's root and the IP
+//! SAN; renewals under load swap the certificate without a failed request; a second
+//! process serves the stored certificate from its first handshake; redirect mode.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use tls::verify::{client_config, roots_from_pem, verify_endpoint};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn roots() -> rustls::RootCertStore {
+    roots_from_pem(harness::pebble::pebble().issuer_root_pem().as_bytes()).unwrap()
+}
+
+async fn bucket() -> (aws_sdk_s3::Client, String) {
+    let sdk = harness::moto().sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let b = harness::unique("https");
+    s3.create_bucket().bucket(&b).send().await.unwrap();
+    (s3, b)
+}
+
+/// `server --tls acme` for `ip`, HTTPS on `<ip>:<https>`, the challenge on
+/// `<ip>:<challenge>`, the store in `bucket`, plus `extra` flags.
+fn start(
+    model: &str,
+    ip: IpAddr,
+    https: u16,
+    challenge: u16,
+    bucket: &str,
+    extra: &[&str],
+) -> Server {
+    let pebble = harness::pebble::pebble();
+    let mut args: Vec<String> = vec![
+        "--tls".into(),
+        "acme".into(),
+        "--tls-ip".into(),
+        ip.to_string(),
+        "--https-listen".into(),
+        format!("{ip}:{https}"),
+        "--acme-http-listen".into(),
+        format!("{ip}:{challenge}"),
+        "--acme-directory".into(),
+        pebble.directory_url(),
+        "--acme-root".into(),
+        pebble.api_root_path().display().to_string(),
+        "--tls-store".into(),
+        format!("s3://{bucket}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, String)> = harness::moto().env();
+    Server::start(model, &args, &env)
+}
+
+/// Waits until the endpoint verifies; returns the serial.
+async fn wait_verified(addr: SocketAddr, ip: IpAddr, server: &Server) -> String {
+    let start = Instant::now();
+    loop {
+        match verify_endpoint(addr, ip, roots(), Duration::from_secs(5)).await {
+            Ok(info) => return info.serial,
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no verified certificate at {addr}: {e}\n{}\n{}",
+                server.logs(),
+                harness::pebble::pebble().log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A verified HTTPS connection to `addr` for `ip`; returns it and the leaf's serial.
+async fn connect(
+    addr: SocketAddr,
+    ip: IpAddr,
+) -> std::io::Result<(BufReader<TlsStream<TcpStream>>, String)> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(roots()).unwrap()));
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let tls = connector
+        .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
+        .await?;
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let serial = tls::cert::CertInfo::from_der(&leaf).unwrap().serial;
+    Ok((BufReader::new(tls), serial))
+}
+
+/// POST /predict on a keep-alive connection; the status.
+async fn predict(c: &mut BufReader<TlsStream<TcpStream>>) -> std::io::Result<u16> {
+    let req = format!(
+        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{ORIGINAL}",
+        ORIGINAL.len()
+    );
+    c.get_mut().write_all(req.as_bytes()).await?;
+    let mut line = String::new();
+    c.read_line(&mut line).await?;
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        c.read_line(&mut h).await?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; len];
+    c.read_exact(&mut body).await?;
+    Ok(status)
+}
+
+fn model_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 0.1, 1);
+    let p = dir.path().display().to_string();
+    (dir, p)
+}
+
+#[test]
+fn renewals_under_load_swap_the_certificate_without_a_failed_request() {
+    let rt = rt();
+    let ip = IpAddr::V4(harness::pebble::unique_loopback_ip());
+    let (_s3, bucket) = rt.block_on(bucket());
+    let (_dir, model) = model_dir();
+    let https = harness::free_port();
+    let addr = SocketAddr::new(ip, https);
+    let pebble_http = harness::pebble::pebble().http_port();
+    // Due at once and every time: renew_before longer than any lifetime.
+    let server = start(
+        &model,
+        ip,
+        https,
+        pebble_http,
+        &bucket,
+        &[
+            "--tls-check-interval",
+            "0.5",
+            "--tls-renew-before",
+            "3153600000",
+            "--tls-retry-min",
+            "0.2",
+        ],
+    );
+    server.wait_ready(200);
+    let first = rt.block_on(wait_verified(addr, ip, &server));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (serials, kept) = rt.block_on(async {
+        // One connection open through every renewal: it keeps its handshake's
+        // certificate and must never break.
+        let (mut long, long_serial) = connect(addr, ip).await.unwrap();
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let (stop, failures, requests) = (stop.clone(), failures.clone(), requests.clone());
+            workers.push(tokio::spawn(async move {
+                let mut seen = BTreeSet::new();
+                while !stop.load(Ordering::SeqCst) {
+                    // New connections (new handshakes) of 10 requests each.
+                    match connect(addr, ip).await {
+                        Ok((mut c, serial)) => {
+                            seen.insert(serial);
+                            for _ in 0..10 {
+                                match predict(&mut c).await {
+                                    Ok(200) => requests.fetch_add(1, Ordering::SeqCst),
+                                    _ => failures.fetch_add(1, Ordering::SeqCst),
+                                };
+                            }
+                        }
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                seen
+            }));
+        }
+        let start = Instant::now();
+        let mut long_ok = 0;
+        let mut all = BTreeSet::new();
+        // Until three certificates beyond the first were served, or a minute.
+        while start.elapsed() < Duration::from_secs(60) {
+            assert_eq!(predict(&mut long).await.unwrap(), 200);
+            long_ok += 1;
+            let current = verify_endpoint(addr, ip, roots(), Duration::from_secs(5))
+                .await
+                .unwrap()
+                .serial;
+            all.insert(current);
+            if all.len() >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in workers {
+            all.extend(w.await.unwrap());
+        }
+        // The long connection still works after all the swaps.
+        assert_eq!(predict(&mut long).await.unwrap(), 200);
+        assert!(long_ok > 0);
+        (all, long_serial)
+    });
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "{}", server.logs());
+    assert!(requests.load(Ordering::SeqCst) > 0);
+    assert!(
+        serials.len() >= 4,
+        "certificates served: {serials:?}\n{}",
+        server.logs()
+    );
+    assert!(serials.contains(&first) && serials.contains(&kept));
+
+    // Metrics: renewals counted, expiry in the future.
+    let m = server.get("/metrics").body;
+    let ok: f64 = metric(&m, "tls_renewals_total{result=\"ok\"}").expect("renewals counted");
+    assert!(ok >= 3.0, "{m}");
+    let expiry = metric(&m, "tls_certificate_expiry_seconds").expect("expiry gauge");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now, "{m}");
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_second_process_serves_the_stored_certificate_from_its_first_handshake() {
+    let rt = rt();
+    let ip = IpAddr::V4(harness::pebble::unique_loopback_ip());
+    let (s3, bucket) = rt.block_on(bucket());
+    let (_dir, model) = model_dir();
+    let pebble_http = harness::pebble::pebble().http_port();
+    let first_port = harness::free_port();
+    let mut first = start(
+        &model,
+        ip,
+        first_port,
+        pebble_http,
+        &bucket,
+        &["--http-mode", "redirect"],
+    );
+    let serial = rt.block_on(wait_verified(SocketAddr::new(ip, first_port), ip, &first));
+
+    // Redirect mode: /predict moves to HTTPS, health endpoints stay plain.
+    let r = first.post("/predict", ORIGINAL);
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://{ip}:{first_port}/predict").as_str())
+    );
+    assert_eq!(first.get("/healthz").status, 200);
+    first.signal("TERM");
+    first.wait_exit(Duration::from_secs(20));
+
+    let store =
+        tls::store::TlsStore::new(s3, &bucket, tls::store::TlsStore::default_prefix(ip), None);
+    let stored = rt.block_on(store.load_cert()).unwrap().unwrap();
+    assert_eq!(stored.info().unwrap().serial, serial);
+
+    // The new process (another port: a new colour) has the certificate before it could
+    // answer any challenge: its challenge port is not where Pebble looks.
+    let second_port = harness::free_port();
+    let second = start(&model, ip, second_port, harness::free_port(), &bucket, &[]);
+    let seen = rt
+        .block_on(verify_endpoint(
+            SocketAddr::new(ip, second_port),
+            ip,
+            roots(),
+            Duration::from_secs(5),
+        ))
+        .unwrap_or_else(|e| panic!("{e}\n{}", second.logs()));
+    assert_eq!(seen.serial, serial);
+    assert_eq!(seen.ip_sans, vec![ip]);
+    // Plain HTTP still serves in the default mode.
+    second.wait_ready(200);
+    assert_eq!(second.post("/predict", ORIGINAL).status, 200);
+}
