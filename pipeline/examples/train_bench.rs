@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use model::{Features, Fingerprint, Model};
+use model::{Features, Model};
 use ndarray::Array2;
 use pipeline::etl::Source;
 use pipeline::generate::{self, GenOptions};
@@ -219,16 +219,7 @@ fn feature_rows(dir: &Path) -> Result<Data> {
         ));
     }
     rows.sort_by_key(|r| r.0);
-    let mut data = Data::default();
-    let mut fp = Fingerprint::new();
-    for (idx, f, label) in rows {
-        fp.add(idx, &f, label);
-        data.idx.push(idx);
-        data.features.push(f);
-        data.labels.push(label);
-    }
-    data.fingerprint = fp.finish();
-    Ok(data)
+    Ok(Data::from_rows(rows))
 }
 
 /// A NumPy `.npy` file (format 1.0): a text header, then the data little-endian, C order.

@@ -14,7 +14,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::etl::EtlError;
-use crate::etl::load::{LoadReport, Outcome};
+use crate::etl::load::{LoadReport, Outcome, commit_unless_blocked};
 use crate::quality;
 
 /// What the build did.
@@ -90,13 +90,7 @@ async fn build_inner(
         .fetch_one(&mut *tx)
         .await?;
     let results = quality::run_checks(&mut tx, &quality::feature_checks()).await?;
-    let blocking = quality::blocking_summary(&results);
-    checks.extend(results);
-    if let Some(b) = blocking {
-        tx.rollback().await?;
-        return Err(EtlError::Quality(b));
-    }
-    tx.commit().await?;
+    commit_unless_blocked(tx, results, checks).await?;
     let report = FeatureReport {
         rows,
         customers_with_profile: profiles as u64,

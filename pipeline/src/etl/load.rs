@@ -129,13 +129,7 @@ impl Loader {
             results.extend(quality::row_count_from_load(&mut to_run, table, *rows));
         }
         results.extend(quality::run_checks(&mut tx, &to_run).await?);
-        let blocking = quality::blocking_summary(&results);
-        checks.extend(results);
-        if let Some(b) = blocking {
-            tx.rollback().await?;
-            return Err(EtlError::Quality(b));
-        }
-        tx.commit().await?;
+        commit_unless_blocked(tx, results, checks).await?;
         Ok(report)
     }
 
@@ -222,13 +216,7 @@ impl Loader {
             .into_iter()
             .collect();
         results.extend(quality::run_checks(&mut tx, &to_run).await?);
-        let blocking = quality::blocking_summary(&results);
-        checks.extend(results);
-        if let Some(b) = blocking {
-            tx.rollback().await?;
-            return Err(EtlError::Quality(b));
-        }
-        tx.commit().await?;
+        commit_unless_blocked(tx, results, checks).await?;
         Ok(report)
     }
 
@@ -472,4 +460,21 @@ fn map_copy_error(e: sqlx::Error, v: &Validator) -> EtlError {
         }
         None => EtlError::Db(e),
     }
+}
+
+/// Keeps `results` in `checks`, then commits `tx`, or rolls it back when an error-level
+/// check failed ([`EtlError::Quality`]): the load's table checks gate its commit.
+pub(crate) async fn commit_unless_blocked(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    results: Vec<CheckResult>,
+    checks: &mut Vec<CheckResult>,
+) -> Result<(), EtlError> {
+    let blocking = quality::blocking_summary(&results);
+    checks.extend(results);
+    if let Some(b) = blocking {
+        tx.rollback().await?;
+        return Err(EtlError::Quality(b));
+    }
+    tx.commit().await?;
+    Ok(())
 }

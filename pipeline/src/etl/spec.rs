@@ -85,21 +85,13 @@ impl FileSpec {
     }
 }
 
-fn accepted(column: &'static str, values: &[&str], severity: Severity) -> Rule {
-    let mut ok = lit(false);
-    for v in values {
-        ok = ok.or(col(column).eq(lit(*v)));
-    }
-    Rule {
-        name: format!("accepted_values({column})"),
-        column,
-        severity,
-        fails: col(column).is_not_null().and(ok.not()),
-        message: format!("not one of {}", values.join(", ")),
-    }
-}
-
-fn accepted_int(column: &'static str, values: &[i64], severity: Severity) -> Rule {
+/// `accepted_values(column)`: a value that is none of `values` (NULLs are left to
+/// `not_null`).
+fn accepted<T: Literal + Copy + std::fmt::Display>(
+    column: &'static str,
+    values: &[T],
+    severity: Severity,
+) -> Rule {
     let mut ok = lit(false);
     for v in values {
         ok = ok.or(col(column).eq(lit(*v)));
@@ -114,7 +106,13 @@ fn accepted_int(column: &'static str, values: &[i64], severity: Severity) -> Rul
     }
 }
 
-fn int_range(column: &'static str, min: i64, max: i64, severity: Severity) -> Rule {
+/// `range(column)`: a value outside `min..=max` (NULLs are left to `not_null`).
+fn range<T: Literal + Copy + std::fmt::Display>(
+    column: &'static str,
+    min: T,
+    max: T,
+    severity: Severity,
+) -> Rule {
     Rule {
         name: format!("range({column})"),
         column,
@@ -127,17 +125,12 @@ fn int_range(column: &'static str, min: i64, max: i64, severity: Severity) -> Ru
     }
 }
 
+fn int_range(column: &'static str, min: i64, max: i64, severity: Severity) -> Rule {
+    range(column, min, max, severity)
+}
+
 fn float_range(column: &'static str, min: f64, max: f64, severity: Severity) -> Rule {
-    Rule {
-        name: format!("range({column})"),
-        column,
-        severity,
-        fails: col(column)
-            .lt(lit(min))
-            .or(col(column).gt(lit(max)))
-            .fill_null(lit(false)),
-        message: format!("outside {min}..={max}"),
-    }
+    range(column, min, max, severity)
 }
 
 fn finite(column: &'static str) -> Rule {
@@ -198,7 +191,7 @@ pub fn labels() -> FileSpec {
         columns: vec![col_("idx", Kind::Int), col_("label", Kind::Int)],
         rules: vec![
             int_range("idx", 0, i64::MAX, Severity::Error),
-            accepted_int("label", &[0, 1], Severity::Error),
+            accepted("label", &[0i64, 1], Severity::Error),
         ],
     }
 }

@@ -27,6 +27,22 @@ pub struct Data {
     pub fingerprint: String,
 }
 
+impl Data {
+    /// The rows (in the order given) and their fingerprint.
+    pub fn from_rows(rows: impl IntoIterator<Item = (i64, Features, u8)>) -> Data {
+        let mut data = Data::default();
+        let mut fp = Fingerprint::new();
+        for (idx, f, label) in rows {
+            fp.add(idx, &f, label);
+            data.idx.push(idx);
+            data.features.push(f);
+            data.labels.push(label);
+        }
+        data.fingerprint = fp.finish();
+        data
+    }
+}
+
 /// Reads every labelled row (rows with a NULL label are skipped) in a READ ONLY
 /// transaction, so even a misconfigured role could not write through this path.
 pub async fn load_feature_store(pool: &PgPool) -> Result<Data, TrainError> {
@@ -44,8 +60,7 @@ pub async fn load_feature_store(pool: &PgPool) -> Result<Data, TrainError> {
     .map_err(TrainError::Query)?;
     tx.commit().await.map_err(TrainError::Query)?;
 
-    let mut data = Data::default();
-    let mut fp = Fingerprint::new();
+    let mut labelled = Vec::with_capacity(rows.len());
     for r in rows {
         let idx: i64 = r.try_get("idx").map_err(TrainError::Query)?;
         let label: i16 = r.try_get("label").map_err(TrainError::Query)?;
@@ -71,11 +86,7 @@ pub async fn load_feature_store(pool: &PgPool) -> Result<Data, TrainError> {
                 reason: format!("scd_a {} is not a finite number", f.scd_a),
             });
         }
-        fp.add(idx, &f, label);
-        data.idx.push(idx);
-        data.features.push(f);
-        data.labels.push(label);
+        labelled.push((idx, f, label));
     }
-    data.fingerprint = fp.finish();
-    Ok(data)
+    Ok(Data::from_rows(labelled))
 }

@@ -49,15 +49,19 @@ impl Store {
         }
     }
 
-    /// `Ok(None)` when the object does not exist.
-    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, TrainError> {
-        let client = self.s3.as_ref().ok_or_else(|| {
+    fn client(&self, bucket: &str, key: &str) -> Result<&aws_sdk_s3::Client, TrainError> {
+        self.s3.as_ref().ok_or_else(|| {
             Self::s3_err(
                 bucket,
                 key,
                 "no S3 client (store opened as a directory)".into(),
             )
-        })?;
+        })
+    }
+
+    /// `Ok(None)` when the object does not exist.
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, TrainError> {
+        let client = self.client(bucket, key)?;
         let out = match client.get_object().bucket(bucket).key(key).send().await {
             Ok(o) => o,
             Err(e) => {
@@ -80,13 +84,7 @@ impl Store {
     }
 
     async fn put(&self, bucket: &str, key: &str, content: Vec<u8>) -> Result<(), TrainError> {
-        let client = self.s3.as_ref().ok_or_else(|| {
-            Self::s3_err(
-                bucket,
-                key,
-                "no S3 client (store opened as a directory)".into(),
-            )
-        })?;
+        let client = self.client(bucket, key)?;
         client
             .put_object()
             .bucket(bucket)
