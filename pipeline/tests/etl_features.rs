@@ -3,10 +3,8 @@
 
 mod etl_common;
 
-use std::process::Command;
-
-use etl_common::{Bucket, count, database, fast_retry, loader};
-use pipeline::runs::{self, Status};
+use etl_common::{Bucket, count, database, load_customers, loader, pipeline};
+use pipeline::runs::Status;
 
 const PROFILES: &str =
     "idx,attr_a,attr_b,attr_c\n0,1,a,yes\n1,2,b,no\n2,3,c,yes\n3,4,d,no\n5,5,a,yes\n";
@@ -23,17 +21,21 @@ const ACTIVITY: &str = "idx,valid_from,valid_to,scd_a,scd_b\n\
 3,2019-05-05,,0.7,2\n\
 4,2019-05-05,,0.8,9\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn features_take_the_current_row_and_handle_the_edge_cases() {
-    let (db, pool) = database().await;
-    let bucket = Bucket::new("etl-feat").await;
+/// A bucket holding the three customer files above.
+async fn customer_files(prefix: &str) -> Bucket {
+    let bucket = Bucket::new(prefix).await;
     bucket.put("customer_profiles.csv", PROFILES).await;
     bucket.put("labels.csv", LABELS).await;
     bucket.put("customer_activity.csv", ACTIVITY).await;
+    bucket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_take_the_current_row_and_handle_the_edge_cases() {
+    let (db, pool) = database().await;
+    let bucket = customer_files("etl-feat").await;
     let l = loader(&pool, bucket.source());
-    let s = runs::load_customers(&l, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load_customers(&l).await;
     assert_eq!(
         s.status,
         Status::Success,
@@ -89,25 +91,27 @@ async fn features_take_the_current_row_and_handle_the_edge_cases() {
 
     // Through the binary: build-features is recorded; check prints the table and
     // passes (warnings only).
-    let bin = env!("CARGO_BIN_EXE_pipeline");
-    let out = Command::new(bin)
-        .arg("build-features")
-        .env("DATABASE_URL", db.url())
-        .output()
-        .expect("run");
+    let out = pipeline(&db.url(), &["build-features"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"multiple_current_rows\": 1"));
-    let out = Command::new(bin)
-        .args(["check", "--table", "customer_profiles", "--table", "labels"])
-        .args(["--table", "customer_activity", "--table", "feature_store"])
-        .env("DATABASE_URL", db.url())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run");
+    let out = pipeline(
+        &db.url(),
+        &[
+            "check",
+            "--table",
+            "customer_profiles",
+            "--table",
+            "labels",
+            "--table",
+            "customer_activity",
+            "--table",
+            "feature_store",
+        ],
+    );
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{table}");
     assert!(
@@ -134,11 +138,7 @@ async fn features_take_the_current_row_and_handle_the_edge_cases() {
         .execute(&pool)
         .await
         .expect("update");
-    let out = Command::new(bin)
-        .args(["check", "--table", "labels"])
-        .env("DATABASE_URL", db.url())
-        .output()
-        .expect("run");
+    let out = pipeline(&db.url(), &["check", "--table", "labels"]);
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{table}");
     assert!(!out.status.success());
@@ -161,14 +161,9 @@ async fn features_take_the_current_row_and_handle_the_edge_cases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_history_stops_the_customer_load() {
     let (_db, pool) = database().await;
-    let bucket = Bucket::new("etl-overlap").await;
-    bucket.put("customer_profiles.csv", PROFILES).await;
-    bucket.put("labels.csv", LABELS).await;
-    bucket.put("customer_activity.csv", ACTIVITY).await;
+    let bucket = customer_files("etl-overlap").await;
     let l = loader(&pool, bucket.source());
-    let s = runs::load_customers(&l, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load_customers(&l).await;
     assert_eq!(s.status, Status::Success);
 
     // Customer 1's periods overlap: [2019-01-01, 2019-09-01) and [2019-06-01, ...).
@@ -178,9 +173,7 @@ async fn overlapping_history_stops_the_customer_load() {
             ACTIVITY.replace("2019-01-01,2019-06-01", "2019-01-01,2019-09-01"),
         )
         .await;
-    let s = runs::load_customers(&l, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load_customers(&l).await;
     assert_eq!(s.status, Status::Failed);
     let err = s.error.expect("error");
     assert!(
@@ -202,9 +195,7 @@ async fn overlapping_history_stops_the_customer_load() {
             ACTIVITY.replace("3,2019-05-05,,", "3,2019-05-05,2019-01-01,"),
         )
         .await;
-    let s = runs::load_customers(&l, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load_customers(&l).await;
     let err = s.error.expect("error");
     assert!(
         err.contains("customer_activity.csv, line 8, column 3 (valid_to)"),

@@ -4,7 +4,7 @@
 
 mod etl_common;
 
-use etl_common::{Bucket, count, database, fast_retry, loader, month_snapshot};
+use etl_common::{Bucket, count, database, fast_retry, load_customers, loader, month_snapshot};
 use pipeline::etl::Month;
 use pipeline::runs::{self, Status};
 
@@ -69,9 +69,7 @@ async fn real_fixture_files_load_unchanged() {
     let mut l = loader(&pool, bucket.source());
     l.chunk_bytes = 1 << 20;
 
-    let s = runs::load_customers(&l, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load_customers(&l).await;
     assert_eq!(s.status, Status::Success, "{:?}", s.error);
     assert_eq!(
         count(&pool, "SELECT count(*) FROM customer_profiles").await,
@@ -238,9 +236,7 @@ async fn a_bad_customer_file_leaves_the_previous_tables() {
     let bucket = Bucket::new("etl-cust").await;
     bucket.generate(2_000, 1, 3).await;
     let l = loader(&pool, bucket.source());
-    let s = runs::load_customers(&l, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load_customers(&l).await;
     assert_eq!(s.status, Status::Success, "{:?}", s.error);
     let profiles = count(&pool, "SELECT count(*) FROM customer_profiles").await;
     let activity = count(&pool, "SELECT count(*) FROM customer_activity").await;
@@ -261,9 +257,7 @@ async fn a_bad_customer_file_leaves_the_previous_tables() {
     lines[9] = "8,2".into();
     bucket.put("labels.csv", lines.join("\n") + "\n").await;
 
-    let s = runs::load_customers(&l, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load_customers(&l).await;
     assert_eq!(s.status, Status::Failed);
     let err = s.error.expect("error");
     assert!(
@@ -334,9 +328,7 @@ async fn readers_see_the_old_customer_tables_or_the_new_never_half() {
     old.generate(20_000, 1, 1).await;
     let new = Bucket::new("etl-atomic-new").await;
     new.generate(30_000, 1, 2).await;
-    let s = runs::load_customers(&loader(&pool, old.source()), &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load_customers(&loader(&pool, old.source())).await;
     assert_eq!(s.status, Status::Success, "{:?}", s.error);
 
     // Poll from other connections while the new files load.
@@ -357,9 +349,7 @@ async fn readers_see_the_old_customer_tables_or_the_new_never_half() {
         seen
     });
     let l = loader(&pool, new.source());
-    let s = runs::load_customers(&l, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load_customers(&l).await;
     assert_eq!(s.status, Status::Success, "{:?}", s.error);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = poller.await.expect("poller");

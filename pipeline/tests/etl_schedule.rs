@@ -96,6 +96,15 @@ async fn catch_up_over_36_generated_months_then_status_grid() {
         36 + 2 + 2
     );
 
+    // `backfill` over 2021, with `extra` arguments.
+    let backfill_2021 = |extra: &[&str]| {
+        let mut args = vec![
+            "backfill", "--source", &src, "--from", "2021-01", "--to", "2021-12",
+        ];
+        args.extend_from_slice(extra);
+        pipeline(&url, &args)
+    };
+
     // Break 2021-06 at line 300, then rerun all of 2021: June fails, the rest runs.
     let f = "sales/2021-06-01/sales.csv";
     let text = String::from_utf8(bucket.get(f).await).expect("utf8");
@@ -104,31 +113,14 @@ async fn catch_up_over_36_generated_months_then_status_grid() {
     bucket.put(f, lines.join("\n") + "\n").await;
     let june_before = etl_common::month_snapshot(&pool, "2021-06").await;
 
-    let out = pipeline(
-        &url,
-        &[
-            "backfill",
-            "--source",
-            &src,
-            "--from",
-            "2021-01",
-            "--to",
-            "2021-12",
-            "--dry-run",
-        ],
-    );
+    let out = backfill_2021(&["--dry-run"]);
     assert!(out.status.success());
     assert!(
         stdout(&out).contains("dry run: 0 of 12 months would run"),
         "{}",
         stdout(&out)
     );
-    let out = pipeline(
-        &url,
-        &[
-            "backfill", "--source", &src, "--from", "2021-01", "--to", "2021-12", "--rerun", "all",
-        ],
-    );
+    let out = backfill_2021(&["--rerun", "all"]);
     assert!(!out.status.success(), "a failed month fails the command");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("1 run(s) failed: 2021-06"), "{err}");
@@ -149,39 +141,13 @@ async fn catch_up_over_36_generated_months_then_status_grid() {
     assert_eq!(later, 12, "the months after the failure ran too");
 
     // Without --rerun, a backfill leaves the failed month alone; --rerun failed takes it.
-    let out = pipeline(
-        &url,
-        &[
-            "backfill",
-            "--source",
-            &src,
-            "--from",
-            "2021-01",
-            "--to",
-            "2021-12",
-            "--dry-run",
-        ],
-    );
+    let out = backfill_2021(&["--dry-run"]);
     assert!(
         stdout(&out).contains("2021-06  skip  last: failed"),
         "{}",
         stdout(&out)
     );
-    let out = pipeline(
-        &url,
-        &[
-            "backfill",
-            "--source",
-            &src,
-            "--from",
-            "2021-01",
-            "--to",
-            "2021-12",
-            "--dry-run",
-            "--rerun",
-            "failed",
-        ],
-    );
+    let out = backfill_2021(&["--dry-run", "--rerun", "failed"]);
     assert!(
         stdout(&out).contains("2021-06  run   last: failed"),
         "{}",

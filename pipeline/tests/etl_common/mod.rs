@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use pipeline::etl::Source;
 use pipeline::etl::load::Loader;
-use pipeline::runs::RetryPolicy;
+use pipeline::runs::{self, RetryPolicy, RunSummary};
 use sqlx::PgPool;
 
 /// A fresh database with the schema.
@@ -149,6 +149,13 @@ pub async fn month_snapshot(pool: &PgPool, month: &str) -> (String, String) {
     .await
     .expect("monthly snapshot");
     (sales.unwrap_or_default(), monthly.unwrap_or_default())
+}
+
+/// `load-customers` through the ledger, with [`fast_retry`].
+pub async fn load_customers(l: &Loader) -> RunSummary {
+    runs::load_customers(l, &fast_retry())
+        .await
+        .expect("ledger")
 }
 
 /// Runs the `pipeline` binary against `db_url` and the emulator, echoing its output.
