@@ -54,6 +54,11 @@ pub struct TlsArgs {
     /// [default: --listen's address, port 80].
     #[arg(long, env = "SERVER_ACME_HTTP_LISTEN")]
     pub acme_http_listen: Option<SocketAddr>,
+    /// The port the CA connects to on --tls-ip for HTTP-01 (80 for Let's Encrypt). Before
+    /// ordering, the renewer fetches a token of its own through <tls-ip>:<this port>, so
+    /// a process the address does not reach (the idle colour) never orders.
+    #[arg(long, env = "SERVER_ACME_VALIDATION_PORT", default_value_t = 80)]
+    pub acme_validation_port: u16,
     /// ACME directory URL: Let's Encrypt production (default), staging
     /// (https://acme-staging-v02.api.letsencrypt.org/directory), or a test CA.
     #[arg(long, env = "SERVER_ACME_DIRECTORY", default_value = tls::acme::LETS_ENCRYPT_PRODUCTION)]
@@ -226,7 +231,7 @@ pub async fn setup(
         .transpose()?;
     rcfg.retry_min = secs("tls-retry-min", args.tls_retry_min)?;
     // Order only while the address reaches this process (the CA dials port 80 there).
-    rcfg.probe_port = Some(challenge_listen.port());
+    rcfg.probe_port = Some(args.acme_validation_port);
     let resolver = Arc::new(CertResolver::default());
     let challenges = Challenges::default();
     let renewer = Arc::new(Renewer::new(

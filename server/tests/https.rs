@@ -69,6 +69,9 @@ fn start(
         pebble.api_root_path().display().to_string(),
         "--tls-store".into(),
         format!("s3://{bucket}"),
+        // Where Pebble validates: only the process listening there may order.
+        "--acme-validation-port".into(),
+        pebble.http_port().to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -314,4 +317,65 @@ fn a_second_process_serves_the_stored_certificate_from_its_first_handshake() {
     // Plain HTTP still serves in the default mode.
     second.wait_ready(200);
     assert_eq!(second.post("/predict", ORIGINAL).status, 200);
+}
+
+#[test]
+fn the_gate_refuses_a_colour_without_a_certificate_or_one_about_to_expire() {
+    let rt = rt();
+    let ip = IpAddr::V4(harness::pebble::unique_loopback_ip());
+    let (s3, bucket) = rt.block_on(bucket());
+    let (_dir, model) = model_dir();
+    let t = Duration::from_secs(5);
+    let day = Duration::from_secs(86_400);
+
+    // A new colour with an empty store that does not hold the address (its challenge
+    // port is not where the CA looks): it serves plain HTTP, but no certificate.
+    let port = harness::free_port();
+    let bare = start(&model, ip, port, harness::free_port(), &bucket, &[]);
+    bare.wait_ready(200);
+    let err = rt
+        .block_on(tls::verify::gate(
+            SocketAddr::new(ip, port),
+            ip,
+            roots(),
+            t,
+            day,
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no certificate to present"),
+        "{err}"
+    );
+    // It did not even try: the address does not reach it, so no lock, no order.
+    let start_wait = Instant::now();
+    while !bare.logs().contains("NotHolder") {
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(30),
+            "{}",
+            bare.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let store =
+        tls::store::TlsStore::new(s3, &bucket, tls::store::TlsStore::default_prefix(ip), None);
+    assert_eq!(rt.block_on(store.lock_record()).unwrap(), None);
+    drop(bare);
+
+    // The holder issues one; a colour that loads it passes with a day's window and is
+    // refused when the window is longer than what is left.
+    let pebble_http = harness::pebble::pebble().http_port();
+    let holder_port = harness::free_port();
+    let holder = start(&model, ip, holder_port, pebble_http, &bucket, &[]);
+    rt.block_on(wait_verified(SocketAddr::new(ip, holder_port), ip, &holder));
+    let next_port = harness::free_port();
+    let next = start(&model, ip, next_port, harness::free_port(), &bucket, &[]);
+    let dial = SocketAddr::new(ip, next_port);
+    let info = rt
+        .block_on(tls::verify::gate(dial, ip, roots(), t, day))
+        .unwrap_or_else(|e| panic!("{e}\n{}", next.logs()));
+    let window = info.lifetime() + day;
+    let err = rt
+        .block_on(tls::verify::gate(dial, ip, roots(), t, window))
+        .unwrap_err();
+    assert!(err.to_string().contains("rollback window"), "{err}");
 }

@@ -130,7 +130,7 @@ pub async fn verify_endpoint(
             .map_err(|e| VerifyError::Handshake {
                 addr,
                 expected,
-                message: e.to_string(),
+                message: handshake_message(&e),
             })?;
         let leaf = tls
             .get_ref()
@@ -143,6 +143,34 @@ pub async fn verify_endpoint(
     tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| VerifyError::Timeout { addr, timeout })?
+}
+
+/// The deployer's health gate for one colour: dials `dial` (the new instance's own
+/// address, before the Elastic IP moves), verifies the chain against `roots` and the
+/// leaf's IP SAN against `expected` (the Elastic IP, not the dialled address), and
+/// refuses a certificate valid for less than `min_remaining` (the rollback window).
+pub async fn gate(
+    dial: SocketAddr,
+    expected: IpAddr,
+    roots: RootCertStore,
+    timeout: Duration,
+    min_remaining: Duration,
+) -> Result<CertInfo, VerifyError> {
+    let info = verify_endpoint(dial, expected, roots, timeout).await?;
+    check_remaining(&info, std::time::SystemTime::now(), min_remaining)?;
+    Ok(info)
+}
+
+/// rustls's error, with what it usually means for this project's servers.
+fn handshake_message(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("AccessDenied") || text.contains("HandshakeFailure") {
+        // A rustls server whose resolver has no certificate aborts with access_denied
+        // (other stacks with handshake_failure).
+        format!("{text} (the server has no certificate to present: none stored or loaded yet?)")
+    } else {
+        text
+    }
 }
 
 /// Verifies a chain (leaf first) offline, as a client would at `now`: against `roots`,

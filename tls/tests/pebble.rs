@@ -71,6 +71,23 @@ async fn serve(ip: IpAddr, cert: &StoredCert) -> SocketAddr {
         .with_no_client_auth()
         .with_single_cert(cert.chain().unwrap(), key)
         .unwrap();
+    serve_config(ip, cfg).await
+}
+
+/// A resolver with nothing to present: a server that has no certificate yet.
+#[derive(Debug)]
+struct NoCert;
+
+impl rustls::server::ResolvesServerCert for NoCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+}
+
+async fn serve_config(ip: IpAddr, cfg: rustls::ServerConfig) -> SocketAddr {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -387,5 +404,53 @@ async fn a_renewer_that_does_not_hold_the_address_does_not_order() {
     assert_eq!(
         rec.ok.load(Ordering::SeqCst) + rec.failed.load(Ordering::SeqCst),
         0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_dials_one_address_and_checks_the_identity_of_another() {
+    // The deployer's gate dials the new instance's own address, while the certificate
+    // is for the Elastic IP: the IP SAN is checked against the latter.
+    let eip = ip();
+    let (_s3, store) = store(eip).await;
+    let ch = responder(eip).await;
+    let acme = Acme::connect(config(eip), &store).await.unwrap();
+    let cert = acme.issue(&ch, None).await.unwrap();
+    let info = cert.info().unwrap();
+    let instance = ip(); // another loopback address: the instance's own
+    let dial = serve(instance, &cert).await;
+    let t = Duration::from_secs(10);
+    let day = Duration::from_secs(86_400);
+    let seen = tls::verify::gate(dial, eip, pebble_roots(), t, day)
+        .await
+        .unwrap();
+    assert_eq!(seen.ip_sans, vec![eip]);
+    // Against the dialled address it would not verify.
+    assert!(matches!(
+        tls::verify::gate(dial, instance, pebble_roots(), t, day).await,
+        Err(VerifyError::Handshake { .. })
+    ));
+
+    // About to expire: valid for less than the rollback window.
+    let window = info.lifetime() + day;
+    let err = tls::verify::gate(dial, eip, pebble_roots(), t, window)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VerifyError::ExpiresSoon { .. }), "{err}");
+    assert!(err.to_string().contains("rollback window"), "{err}");
+
+    // No certificate at all: a clear line.
+    let cfg = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCert));
+    let empty = serve_config(instance, cfg).await;
+    let err = tls::verify::gate(empty, eip, pebble_roots(), t, day)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no certificate to present"),
+        "{err}"
     );
 }
