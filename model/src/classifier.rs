@@ -185,7 +185,7 @@ impl Classifier {
 
 impl Tree {
     /// The value of the leaf that `row` reaches.
-    pub fn leaf_value(&self, row: &[f64]) -> f64 {
+    pub(crate) fn leaf_value(&self, row: &[f64]) -> f64 {
         let mut i = 0;
         loop {
             match &self.nodes[i] {

@@ -23,9 +23,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The numeric features, in row order.
-pub const NUMERIC_FEATURES: [&str; 3] = ["attr_a", "scd_a", "scd_b"];
+pub(crate) const NUMERIC_FEATURES: [&str; 3] = ["attr_a", "scd_a", "scd_b"];
 /// The categorical feature that is one-hot encoded.
-pub const CATEGORICAL_FEATURE: &str = "attr_b";
+pub(crate) const CATEGORICAL_FEATURE: &str = "attr_b";
 
 /// One input record: the four features of a customer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ pub struct Features {
 
 impl Features {
     /// The numeric features as floats, in [`NUMERIC_FEATURES`] order.
-    pub fn numerics(&self) -> [f64; 3] {
+    pub(crate) fn numerics(&self) -> [f64; 3] {
         [self.attr_a as f64, self.scd_a, self.scd_b as f64]
     }
 }

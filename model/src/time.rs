@@ -1,22 +1,24 @@
-//! UTC timestamps without a date crate: RFC 3339 (`2026-11-24T17:00:00Z`) and the compact
-//! form used in version names (`20261124T170000Z`).
+//! UTC timestamps without a date crate, for the artifact's manifest: RFC 3339
+//! (`created_at`, `2026-11-24T17:00:00Z`) and the compact form used in version names
+//! (`20261124T170000Z`). Crate-private but for [`rfc3339_millis`], which the server
+//! still borrows for its log records; once it formats its own, this module is private.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Calendar parts of a UTC instant (seconds precision).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Utc {
-    pub year: i64,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
+pub(crate) struct Utc {
+    pub(crate) year: i64,
+    pub(crate) month: u32,
+    pub(crate) day: u32,
+    pub(crate) hour: u32,
+    pub(crate) minute: u32,
+    pub(crate) second: u32,
 }
 
 impl Utc {
     /// Splits `t` (times before 1970 are clamped to the epoch).
-    pub fn from_system_time(t: SystemTime) -> Utc {
+    pub(crate) fn from_system_time(t: SystemTime) -> Utc {
         let secs = t
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -35,7 +37,7 @@ impl Utc {
     }
 
     /// `2026-11-24T17:00:00Z`
-    pub fn rfc3339(&self) -> String {
+    pub(crate) fn rfc3339(&self) -> String {
         format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
             self.year, self.month, self.day, self.hour, self.minute, self.second
@@ -43,7 +45,7 @@ impl Utc {
     }
 
     /// `20261124T170000Z`
-    pub fn compact(&self) -> String {
+    pub(crate) fn compact(&self) -> String {
         format!(
             "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
             self.year, self.month, self.day, self.hour, self.minute, self.second

@@ -88,7 +88,7 @@ pub fn load(root: &Path, version: Option<&str>) -> Result<Artifact, ArtifactErro
 }
 
 /// Loads and verifies the artifact in one version directory.
-pub fn load_dir(dir: &Path) -> Result<Artifact, ArtifactError> {
+fn load_dir(dir: &Path) -> Result<Artifact, ArtifactError> {
     let mut files = ArtifactFiles::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

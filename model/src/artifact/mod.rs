@@ -35,12 +35,12 @@ use crate::{Model, ModelError};
 
 mod local;
 
-pub use local::{latest, load, load_dir, promote};
+pub use local::{latest, load, promote};
 
 /// The manifest layout this crate writes and accepts.
-pub const SCHEMA_VERSION: u32 = 1;
-pub const MANIFEST_FILE: &str = "manifest.json";
-pub const MODEL_FILE: &str = "model.json";
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const MANIFEST_FILE: &str = "manifest.json";
+pub(crate) const MODEL_FILE: &str = "model.json";
 pub const CHECKSUMS_FILE: &str = "checksums";
 pub const LATEST_FILE: &str = "latest";
 
@@ -409,7 +409,7 @@ fn model_json(c: &Classifier) -> Vec<u8> {
 }
 
 /// A plain file name: no separators, not hidden, not `.`/`..`, printable ASCII.
-pub fn is_plain_file_name(name: &str) -> bool {
+pub(crate) fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
