@@ -1,7 +1,9 @@
 //! `make demo` at a small size (3,000 customers, 4 months): it exits 0 with a prediction
-//! through the fixed endpoint, the idempotence line and the three pictures, and leaves
-//! nothing running; interrupted by SIGINT in the middle of the deployer's work, it exits
-//! 130 promptly and leaves nothing running either.
+//! through the Elastic IP's own address from each release (r1, r2, r3, and r2 again
+//! after the rollback), every instance booted from its user data, the idempotence line,
+//! the destroy's "nothing left" line and the three pictures, and leaves nothing
+//! running; interrupted by SIGINT in the middle of the deployer's work, it exits 130
+//! promptly and leaves nothing running either.
 //!
 //! The demo runs the workspace's other binaries (`pipeline`, `server`, `deployer`) from
 //! its own folder: `cargo test --workspace` builds them (their packages have integration
@@ -9,9 +11,11 @@
 //!
 //! "Started by the demo" is told apart from everything else on the machine by an
 //! environment variable only this test sets (children inherit it), by the temp folder
-//! given as DEMO_OUT, and, for PostgreSQL (which rewrites its own environment for its
-//! process titles), by a working directory inside the cluster's folder, which the demo
-//! prints.
+//! given as DEMO_OUT, for PostgreSQL (which rewrites its own environment for its
+//! process titles) by a working directory inside the cluster's folder, and for the
+//! local cloud's instances (whose servers start with the clean environment of a
+//! systemd unit, so without the variable) by the cloud's sandbox folder, in their
+//! command line or working directory. The demo prints both folders.
 
 use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -140,11 +144,21 @@ impl Demo {
         })
     }
 
+    /// The local cloud's sandbox (instances' roots, logs, the address map), as the
+    /// demo printed it.
+    fn cloud_dir(&self) -> Option<PathBuf> {
+        self.output().lines().find_map(|l| {
+            l.split_once("the local cloud's instances under ")
+                .map(|(_, d)| PathBuf::from(d.trim()))
+        })
+    }
+
     /// Processes this demo started that are still there, as "pid cmdline".
     fn leftovers(&self) -> Vec<String> {
         let marker = format!("{MARKER_VAR}={}", self.marker);
         let out_dir = self.out_dir.display().to_string();
         let pg_dir = self.pg_dir();
+        let cloud_dir = self.cloud_dir();
         let me = std::process::id().to_string();
         let mut found = Vec::new();
         let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -170,7 +184,10 @@ impl Demo {
             let cwd = std::fs::read_link(dir.join("cwd")).unwrap_or_default();
             let ours = contains(&environ, marker.as_bytes())
                 || cmdline.contains(&out_dir)
-                || pg_dir.as_deref().is_some_and(|d| cwd.starts_with(d));
+                || pg_dir.as_deref().is_some_and(|d| cwd.starts_with(d))
+                || cloud_dir.as_deref().is_some_and(|d| {
+                    cwd.starts_with(d) || cmdline.contains(&d.display().to_string())
+                });
             if ours {
                 found.push(format!("{name} {}", cmdline.trim()));
             }
@@ -194,6 +211,32 @@ impl Demo {
         if let Some(d) = self.pg_dir() {
             assert!(!d.exists(), "the cluster's folder {} is left", d.display());
         }
+        let cloud = self
+            .cloud_dir()
+            .expect("the demo printed no local cloud folder");
+        let start = Instant::now();
+        while cloud.exists() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !cloud.exists(),
+            "the local cloud's folder {} is left",
+            cloud.display()
+        );
+    }
+
+    /// The local cloud's instance servers running now (found by the sandbox folder; not
+    /// a boot script, which runs its user-data file).
+    fn instance_servers(&self) -> Vec<String> {
+        let cloud = self
+            .cloud_dir()
+            .expect("the demo printed no local cloud folder")
+            .display()
+            .to_string();
+        self.leftovers()
+            .into_iter()
+            .filter(|l| l.contains(&cloud) && !l.contains("user-data"))
+            .collect()
     }
 }
 
@@ -219,16 +262,60 @@ fn demo_runs_end_to_end_twice_over_and_leaves_nothing_running() {
     let out = demo.output();
     assert!(status.success(), "the demo failed ({status})");
 
-    let answer = out
+    // Every answer came through the Elastic IP's own address (loopback in the local
+    // cloud), from the release that was live: r1, r2, r3, then r2 again.
+    let eip = out
         .lines()
-        .find(|l| l.starts_with("answer:") && l.contains("(release r1)"))
-        .expect("no answer line for r1");
-    assert!(answer.contains('{'), "{answer}");
+        .find_map(|l| l.strip_prefix("the Elastic IP "))
+        .and_then(|l| l.split_once(':'))
+        .map(|(ip, _)| ip.to_string())
+        .expect("the demo printed no Elastic IP");
+    assert!(
+        eip.starts_with("127."),
+        "the Elastic IP {eip} is not loopback"
+    );
+    for release in [
+        "release r1,",
+        "release r2,",
+        "release r3, after the re-run,",
+        "release r2 again, after the rollback,",
+    ] {
+        let answer = out
+            .lines()
+            .find(|l| l.starts_with("answer:") && l.contains(&format!("({release}")))
+            .unwrap_or_else(|| panic!("no answer line for {release}"));
+        assert!(answer.contains("\"label\""), "{answer}");
+        assert!(
+            answer.contains(&format!("through the Elastic IP {eip}:")),
+            "not through the Elastic IP: {answer}"
+        );
+    }
+    assert!(out.contains(&format!("curl -s -X POST http://{eip}:")));
+    // No server started by hand: three instances (r1, r2, r3; the rollback moves the
+    // address back), each booted from its user data, its boot log kept.
+    let booted: Vec<PathBuf> = std::fs::read_dir(demo.out_dir.join("instances"))
+        .expect("no instances folder in DEMO_OUT")
+        .flatten()
+        .map(|e| e.path().join("boot.log"))
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("user data done")))
+        .collect();
+    assert_eq!(
+        booted.len(),
+        3,
+        "instances booted from user data: {booted:?}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("==> deployer rollback")),
+        "no rollback"
+    );
     assert!(
         out.lines()
-            .any(|l| l.contains("(release r3, after the re-run)"))
+            .any(|l| l.starts_with("nothing left of churn-api: ")
+                && l.contains("no Elastic IP")
+                && l.contains("no VPC")
+                && l.contains("no IAM role or instance profile")),
+        "no 'nothing left' line after destroy"
     );
-    assert!(out.contains("curl -s -X POST http://127.0.0.1:"));
     assert!(
         out.lines().any(|l| l.starts_with("idempotence: OK")),
         "no idempotence line"
@@ -256,9 +343,16 @@ fn demo_runs_end_to_end_twice_over_and_leaves_nothing_running() {
 fn sigint_while_the_deployer_works_stops_everything() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut demo = Demo::start();
-    // The servers and the forwarder are up once the first deploy starts.
-    demo.wait_for_line("==> deployer deploy --release r1", Duration::from_secs(180));
+    // Once the second deploy starts, r1's instance serves (a server the local cloud
+    // booted, in a process group of its own) and r2's is being launched.
+    demo.wait_for_line("==> deployer deploy --release r2", Duration::from_secs(240));
     std::thread::sleep(Duration::from_millis(1500));
+    let servers = demo.instance_servers();
+    assert!(
+        !servers.is_empty(),
+        "no instance server found before the SIGINT: the leftover check would not see one"
+    );
+    println!("instance servers before the SIGINT: {servers:#?}");
     let sent = Instant::now();
     let kill = Command::new("kill")
         .args(["-INT", &demo.child.id().to_string()])
