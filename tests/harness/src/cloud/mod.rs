@@ -307,10 +307,11 @@ impl LocalCloud {
             .map_err(io_err("creating the local cloud's sandbox"))?
             .keep();
         // One watchdog for the whole cloud: the instances' process groups (kept in a
-        // file by the runner), then the sandbox.
+        // file by the runner), then the sandbox. (`sh` may be dash, whose `kill` takes
+        // no `--`: `kill -KILL -- -G` would kill nothing.)
         let pgids = sandbox.join("process-groups");
         crate::spawn_watchdog(&format!(
-            "for g in $(cat {pgids} 2>/dev/null); do kill -KILL -- -$g 2>/dev/null; done\n\
+            "for g in $(cat {pgids} 2>/dev/null); do kill -KILL -$g 2>/dev/null; done\n\
              rm -rf {sandbox}",
             pgids = crate::shell_quote(&pgids),
             sandbox = crate::shell_quote(&sandbox)

@@ -125,7 +125,9 @@ pub(crate) fn run(ctx: Context, mut stopped: tokio::sync::watch::Receiver<bool>)
             .await;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let mut state = Runner {
-            next_standin: 2,
+            // Two clouds on one machine (tests in parallel, a demo beside them) start
+            // far apart, and skip addresses someone else serves on.
+            next_standin: rand::random_range(2..0xFF00),
             last_map: String::new(),
             forwarders: eip::Forwarders::new(
                 ctx.shared.clone(),
@@ -238,7 +240,9 @@ impl Runner {
         Ok(())
     }
 
-    fn allocate_standin(&mut self, shared: &Shared) -> Ipv4Addr {
+    /// A stand-in address no live instance or Elastic IP of this cloud uses, where
+    /// nothing else on the machine listens on any of `ports` either.
+    fn allocate_standin(&mut self, shared: &Shared, ports: &[u16]) -> Ipv4Addr {
         loop {
             let n = self.next_standin;
             self.next_standin = if n >= 0xFFFE { 2 } else { n + 1 };
@@ -248,7 +252,7 @@ impl Runner {
                 .values()
                 .any(|i| i.standin == ip && i.alive())
                 || shared.eips.contains_key(&ip);
-            if !taken && (n & 0xFF) != 0 && (n & 0xFF) != 255 {
+            if !taken && (n & 0xFF) != 0 && (n & 0xFF) != 255 && free_on(ip, ports) {
                 return ip;
             }
         }
@@ -282,7 +286,16 @@ impl Runner {
         fs::create_dir_all(dir.join("root")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let standin = {
             let mut shared = lock(&ctx.shared);
-            let standin = self.allocate_standin(&shared);
+            let mut ports = ctx.opts.eip_ports.clone();
+            ports.extend(
+                shared
+                    .instances
+                    .values()
+                    .flat_map(|i| i.ports.iter().copied()),
+            );
+            ports.sort_unstable();
+            ports.dedup();
+            let standin = self.allocate_standin(&shared, &ports);
             shared.instances.insert(
                 s.id.clone(),
                 Instance {
@@ -335,6 +348,17 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Whether no other process serves on `ip` on any of `ports` (only "address in use"
+/// counts: a privileged port this process may not bind is not taken).
+fn free_on(ip: Ipv4Addr, ports: &[u16]) -> bool {
+    ports
+        .iter()
+        .all(|p| match std::net::TcpListener::bind((ip, *p)) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+        })
 }
 
 async fn list_instances(ec2: &aws_sdk_ec2::Client) -> Fallible<Vec<Seen>> {
@@ -438,14 +462,23 @@ async fn route_to_s3(ec2: &aws_sdk_ec2::Client, s: &Seen) -> Fallible<Result<Str
 
 /// Reaps server processes that ended by themselves (called by the forwarders' tick).
 pub(crate) fn reap(shared: &Mutex<Shared>) {
-    for i in lock(shared).instances.values_mut() {
+    let mut shared = lock(shared);
+    let mut reaped = false;
+    for i in shared.instances.values_mut() {
         if let Some(c) = i.server.as_mut()
             && let Ok(Some(st)) = c.try_wait()
         {
+            // Its group is gone: a later kill of that number could hit a stranger.
+            let pid = c.id();
+            i.groups.retain(|g| *g != pid);
             i.server = None;
+            reaped = true;
             if i.alive() {
                 i.status = InstanceStatus::Exited(st.code());
             }
         }
+    }
+    if reaped {
+        shared.sync_pgids();
     }
 }
