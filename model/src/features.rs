@@ -254,15 +254,7 @@ fn check_finite(f: &Features) -> Result<(), EncodeError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn rec(a: i64, b: &str, sa: f64, sb: i64) -> Features {
-        Features {
-            attr_a: a,
-            attr_b: b.into(),
-            scd_a: sa,
-            scd_b: sb,
-        }
-    }
+    use crate::tests::rec;
 
     #[test]
     fn fit_and_encode() {

@@ -8,7 +8,8 @@ use crate::artifact::{self, CHECKSUMS_FILE, MANIFEST_FILE, MODEL_FILE};
 use crate::classifier::{Aggregation, Logistic, Node, Tree, TreeEnsemble};
 use crate::*;
 
-fn rec(a: i64, b: &str, sa: f64, sb: i64) -> Features {
+/// A record, tersely (shared with the modules' own tests).
+pub(crate) fn rec(a: i64, b: &str, sa: f64, sb: i64) -> Features {
     Features {
         attr_a: a,
         attr_b: b.into(),
