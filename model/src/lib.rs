@@ -26,7 +26,7 @@ pub mod artifact;
 pub mod classifier;
 pub mod features;
 pub mod location;
-pub mod time;
+mod time;
 
 pub use artifact::{Artifact, ArtifactError, ArtifactFiles, ArtifactSpec, Fingerprint, Manifest};
 pub use classifier::{Classifier, Family, ParamsError};

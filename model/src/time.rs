@@ -1,7 +1,6 @@
 //! UTC timestamps without a date crate, for the artifact's manifest: RFC 3339
 //! (`created_at`, `2026-11-24T17:00:00Z`) and the compact form used in version names
-//! (`20261124T170000Z`). Crate-private but for [`rfc3339_millis`], which the server
-//! still borrows for its log records; once it formats its own, this module is private.
+//! (`20261124T170000Z`). Private: the server formats its own log timestamps.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,19 +52,6 @@ impl Utc {
     }
 }
 
-/// RFC 3339 with milliseconds, for log records: `2026-11-24T17:00:00.123Z`.
-pub fn rfc3339_millis(t: SystemTime) -> String {
-    let u = Utc::from_system_time(t);
-    let ms = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_millis())
-        .unwrap_or(0);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        u.year, u.month, u.day, u.hour, u.minute, u.second
-    )
-}
-
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -101,10 +87,6 @@ mod tests {
         assert_eq!(
             Utc::from_system_time(leap).rfc3339(),
             "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            rfc3339_millis(t + Duration::from_millis(7)),
-            "2026-11-24T17:00:00.007Z"
         );
     }
 }

@@ -111,7 +111,7 @@ impl AppState {
                     artifact,
                     version: version.clone(),
                     source: self.fetcher.source.to_string(),
-                    loaded_at: model::time::rfc3339_millis(SystemTime::now()),
+                    loaded_at: crate::predlog::rfc3339_millis(SystemTime::now()),
                 })));
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.metrics.set_model(&version);

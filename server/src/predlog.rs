@@ -53,7 +53,13 @@ fn arc_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> 
 }
 
 fn rfc3339<S: serde::Serializer>(v: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&model::time::rfc3339_millis(*v))
+    s.serialize_str(&rfc3339_millis(*v))
+}
+
+/// RFC 3339 in UTC with milliseconds, `2026-11-24T17:00:00.123Z` (times before 1970,
+/// a broken clock, read as the epoch).
+pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t.max(std::time::UNIX_EPOCH)).to_string()
 }
 
 /// Why a sink could not start.
@@ -306,5 +312,25 @@ fn file_writer(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::rfc3339_millis;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_539_600); // 2026-11-24T17:00:00Z
+        assert_eq!(
+            rfc3339_millis(t + Duration::from_millis(7)),
+            "2026-11-24T17:00:00.007Z"
+        );
+        assert_eq!(
+            rfc3339_millis(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 }

@@ -10,30 +10,26 @@
 //! `AWS_ENDPOINT_URL` is set (an S3-compatible store or the emulator) it uses path-style
 //! addressing.
 
-use std::path::PathBuf;
-
 use model::artifact::{self, CHECKSUMS_FILE, LATEST_FILE};
-use model::{Artifact, ArtifactError, ArtifactFiles};
+use model::location::key;
+use model::{Artifact, ArtifactError, ArtifactFiles, Location, LocationError};
 
-/// A parsed `--model` value.
+/// A parsed `--model` value: where the artifacts are, and a pinned version or `latest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    Dir {
-        root: PathBuf,
-        version: Option<String>,
-    },
-    S3 {
-        bucket: String,
-        prefix: String,
-        version: Option<String>,
-    },
+pub struct ModelSource {
+    pub location: Location,
+    pub version: Option<String>,
 }
 
 /// Why a model could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("invalid model source {0:?}: {1}")]
-    Parse(String, String),
+    #[error("invalid model source {value:?}: {reason}")]
+    Parse {
+        value: String,
+        #[source]
+        reason: LocationError,
+    },
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
     #[error("s3://{bucket}/{key}: {message}")]
@@ -50,46 +46,25 @@ impl std::str::FromStr for ModelSource {
     type Err = SourceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |m: &str| SourceError::Parse(s.to_string(), m.to_string());
         // A trailing @VERSION only counts when it is a version name, so a directory
         // with an '@' in its path still works.
         let (base, version) = match s.rsplit_once('@') {
             Some((b, v)) if artifact::validate_version_name(v).is_ok() => (b, Some(v.to_string())),
             _ => (s, None),
         };
-        if let Some(rest) = base.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(err("no bucket"));
-            }
-            Ok(ModelSource::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.trim_matches('/').to_string(),
-                version,
-            })
-        } else if base.contains("://") {
-            Err(err("only local directories and s3:// are supported"))
-        } else if base.is_empty() {
-            Err(err("empty path"))
-        } else {
-            Ok(ModelSource::Dir {
-                root: PathBuf::from(base),
-                version,
-            })
-        }
+        let location = base.parse().map_err(|reason| SourceError::Parse {
+            value: s.to_string(),
+            reason,
+        })?;
+        Ok(ModelSource { location, version })
     }
 }
 
 impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let v = |v: &Option<String>| v.as_ref().map(|v| format!("@{v}")).unwrap_or_default();
-        match self {
-            ModelSource::Dir { root, version } => write!(f, "{}{}", root.display(), v(version)),
-            ModelSource::S3 {
-                bucket,
-                prefix,
-                version,
-            } => write!(f, "s3://{bucket}/{prefix}{}", v(version)),
+        match &self.version {
+            Some(v) => write!(f, "{}@{v}", self.location),
+            None => write!(f, "{}", self.location),
         }
     }
 }
@@ -111,19 +86,16 @@ impl Fetcher {
 
     /// Loads the configured version (or `latest`) and verifies it.
     pub async fn fetch(&self) -> Result<Artifact, SourceError> {
-        match &self.source {
-            ModelSource::Dir { root, version } => {
-                let (root, version) = (root.clone(), version.clone());
+        let version = self.source.version.clone();
+        match &self.source.location {
+            Location::Dir(root) => {
+                let root = root.clone();
                 tokio::task::spawn_blocking(move || artifact::load(&root, version.as_deref()))
                     .await
                     .map_err(|e| SourceError::Join(e.to_string()))?
                     .map_err(SourceError::from)
             }
-            ModelSource::S3 {
-                bucket,
-                prefix,
-                version,
-            } => {
+            Location::S3 { bucket, prefix } => {
                 let client = self.s3.get_or_init(s3_client).await;
                 fetch_s3(client, bucket, prefix, version.as_deref()).await
             }
@@ -142,14 +114,6 @@ pub(crate) async fn s3_client() -> aws_sdk_s3::Client {
         b = b.force_path_style(true);
     }
     aws_sdk_s3::Client::from_conf(b.build())
-}
-
-fn key(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}/{name}")
-    }
 }
 
 async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, SourceError> {
@@ -239,24 +203,28 @@ mod tests {
             "s3://b/models@20261124T170000Z-abc"
                 .parse::<ModelSource>()
                 .unwrap(),
-            ModelSource::S3 {
-                bucket: "b".into(),
-                prefix: "models".into(),
+            ModelSource {
+                location: Location::S3 {
+                    bucket: "b".into(),
+                    prefix: "models".into(),
+                },
                 version: Some("20261124T170000Z-abc".into())
             }
         );
         assert_eq!(
             "s3://b".parse::<ModelSource>().unwrap(),
-            ModelSource::S3 {
-                bucket: "b".into(),
-                prefix: "".into(),
+            ModelSource {
+                location: Location::S3 {
+                    bucket: "b".into(),
+                    prefix: "".into(),
+                },
                 version: None
             }
         );
         assert_eq!(
             "/srv/m@x/models/".parse::<ModelSource>().unwrap(),
-            ModelSource::Dir {
-                root: "/srv/m@x/models/".into(),
+            ModelSource {
+                location: Location::Dir("/srv/m@x/models/".into()),
                 version: None
             }
         );

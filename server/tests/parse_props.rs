@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use model::Location;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use server::app::{AppConfig, AppState};
@@ -36,8 +37,8 @@ impl Env {
                 max_batch: 50,
                 admin_token: None,
             },
-            Fetcher::new(ModelSource::Dir {
-                root: root.path().to_path_buf(),
+            Fetcher::new(ModelSource {
+                location: Location::Dir(root.path().to_path_buf()),
                 version: None,
             }),
             Arc::new(Metrics::new()),
