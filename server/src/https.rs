@@ -191,17 +191,13 @@ pub async fn setup(
         .tls_store
         .as_deref()
         .ok_or(TlsSetupError::Missing("tls-store"))?;
-    let rest = store_url
-        .strip_prefix("s3://")
-        .ok_or_else(|| TlsSetupError::Store(store_url.into()))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let prefix = match prefix.trim_matches('/') {
-        "" => TlsStore::default_prefix(ip),
-        p => p.to_string(),
-    };
-    if bucket.is_empty() {
+    let Ok(model::location::Location::S3 { bucket, prefix }) = store_url.parse() else {
         return Err(TlsSetupError::Store(store_url.into()));
-    }
+    };
+    let prefix = match prefix.as_str() {
+        "" => TlsStore::default_prefix(ip),
+        _ => prefix,
+    };
     let https_listen = args
         .https_listen
         .unwrap_or_else(|| SocketAddr::new(listen.ip(), 8443));
