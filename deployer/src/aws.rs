@@ -201,6 +201,16 @@ impl Backoff {
     }
 }
 
+/// How long a call naming an IAM role or instance profile created a moment ago is
+/// retried while IAM or EC2 does not see it yet: terraform-provider-aws's
+/// `propagationTimeout` for IAM (changes usually show within seconds).
+pub const IAM_PROPAGATION: Duration = Duration::from_secs(2 * 60);
+
+/// Whether `err` is IAM's "no such role" about a role that may just not be visible yet.
+pub fn role_not_yet_visible(err: &AwsError) -> bool {
+    err.code == "NoSuchEntity"
+}
+
 /// Whether `err` carries one of `codes`.
 pub fn has_code(err: &AwsError, codes: &[&str]) -> bool {
     codes.contains(&err.code.as_str())

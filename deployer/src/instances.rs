@@ -192,9 +192,8 @@ pub struct LaunchSpec<'a> {
 pub use crate::aws::EC2_PROPAGATION;
 
 /// How long `RunInstances` is retried while EC2 does not yet see a new instance
-/// profile: terraform-provider-aws's `iamPropagationTimeout` (IAM changes reach EC2
-/// within seconds, rarely a minute).
-pub const IAM_PROPAGATION: Duration = Duration::from_secs(120);
+/// profile (IAM changes reach EC2 within seconds, rarely a minute).
+pub use crate::aws::IAM_PROPAGATION;
 
 /// Whether a `RunInstances` error means "EC2 does not see the new instance profile (or
 /// its role) yet": AWS answers `InvalidParameterValue` for that, as it does for real

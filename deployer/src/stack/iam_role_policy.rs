@@ -8,7 +8,9 @@ use serde_json::json;
 use super::iam_role::role_name;
 use super::policy::{artifact_read_policy, policy_json};
 use super::{Actual, Attr, Change, Ids, Kind, Known, Resource, Stack, Want, parent_id};
-use crate::aws::{AwsError, or_absent};
+use crate::aws::{
+    AwsError, Backoff, IAM_PROPAGATION, or_absent, retry_logged, role_not_yet_visible,
+};
 use crate::config::Config;
 
 const KIND: Kind = Kind::IamRolePolicy;
@@ -63,15 +65,23 @@ impl Resource for IamRolePolicy {
 
     async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {
         let role = parent_id(ids, KIND, Kind::IamRole)?;
-        s.clients
-            .iam
-            .put_role_policy()
-            .role_name(&role)
-            .policy_name(policy_name(s.cfg))
-            .policy_document(artifact_read_policy(&s.cfg.artifacts.bucket).to_string())
-            .send()
-            .await
-            .map_err(|e| AwsError::new(KIND.address(), "PutRolePolicy", e))?;
+        // A role created a moment ago can be unknown to IAM for a while.
+        retry_logged(
+            Backoff::for_at_most(IAM_PROPAGATION),
+            role_not_yet_visible,
+            || async {
+                s.clients
+                    .iam
+                    .put_role_policy()
+                    .role_name(&role)
+                    .policy_name(policy_name(s.cfg))
+                    .policy_document(artifact_read_policy(&s.cfg.artifacts.bucket).to_string())
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::new(KIND.address(), "PutRolePolicy", e))
+            },
+        )
+        .await?;
         Ok(format!("{role}:{}", policy_name(s.cfg)))
     }
 

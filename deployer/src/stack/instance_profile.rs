@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 
 use super::iam_role::role_name;
 use super::{Actual, Attr, Change, Ids, Kind, Known, Resource, Stack, Want, parent_id, tags};
-use crate::aws::{AwsError, code_of, or_absent};
+use crate::aws::{
+    AwsError, Backoff, IAM_PROPAGATION, code_of, or_absent, retry_logged, role_not_yet_visible,
+};
 use crate::config::Config;
 
 const KIND: Kind = Kind::InstanceProfile;
@@ -69,12 +71,22 @@ impl Resource for InstanceProfile {
             Err(e) if code_of(&e) == Some("EntityAlreadyExists") => {}
             Err(e) => return Err(AwsError::new(KIND.address(), "CreateInstanceProfile", e)),
         }
-        iam.add_role_to_instance_profile()
-            .instance_profile_name(profile_name(s.cfg))
-            .role_name(role)
-            .send()
-            .await
-            .map_err(|e| AwsError::new(KIND.address(), "AddRoleToInstanceProfile", e))?;
+        // IAM is eventually consistent: a role created a moment ago can be unknown
+        // (NoSuchEntity) to the call that names it (terraform-provider-aws retries the
+        // same for its propagation timeout).
+        retry_logged(
+            Backoff::for_at_most(IAM_PROPAGATION),
+            role_not_yet_visible,
+            || async {
+                iam.add_role_to_instance_profile()
+                    .instance_profile_name(profile_name(s.cfg))
+                    .role_name(&role)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::new(KIND.address(), "AddRoleToInstanceProfile", e))
+            },
+        )
+        .await?;
         Ok(profile_name(s.cfg))
     }
 

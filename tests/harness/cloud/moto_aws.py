@@ -7,6 +7,8 @@ in the environment variable LOCAL_CLOUD_AWS (unset or "{}" = plain moto):
   instance_profile_s     RunInstances refuses an instance profile created (or given a
                          role) less than this many seconds ago, with AWS's
                          InvalidParameterValue "Invalid IAM Instance Profile name".
+  role_s                 a new IAM role is unknown (NoSuchEntity) to PutRolePolicy and
+                         AddRoleToInstanceProfile for this long after CreateRole.
   instance_s             a new instance id is unknown (InvalidInstanceID.NotFound, and
                          absent from listings) for this long after RunInstances.
   security_group_s       a new security group id is unknown (InvalidGroup.NotFound)
@@ -100,10 +102,38 @@ def install():
     orig_add_role = iam_models.IAMBackend.add_role_to_instance_profile
 
     def add_role_to_instance_profile(self, profile_name, role_name):
+        if young("role:" + role_name, seconds("role_s")):
+            from moto.iam.exceptions import NotFoundException
+
+            raise NotFoundException(f"The role with name {role_name} cannot be found.")
         orig_add_role(self, profile_name, role_name)
         profile_changed(profile_name)
 
     iam_models.IAMBackend.create_instance_profile = create_instance_profile
+
+    # ---- a new IAM role briefly unknown to the calls that name it ------------------------
+    orig_create_role = iam_models.IAMBackend.create_role
+
+    def create_role(self, role_name, *args, **kwargs):
+        role = orig_create_role(self, role_name, *args, **kwargs)
+        with LOCK:
+            BORN["role:" + role_name] = now()
+        return role
+
+    def refuse_young_role(role_name):
+        if young("role:" + role_name, seconds("role_s")):
+            from moto.iam.exceptions import NotFoundException
+
+            raise NotFoundException(f"The role with name {role_name} cannot be found.")
+
+    orig_put_role_policy = iam_models.IAMBackend.put_role_policy
+
+    def put_role_policy(self, role_name, *args, **kwargs):
+        refuse_young_role(role_name)
+        return orig_put_role_policy(self, role_name, *args, **kwargs)
+
+    iam_models.IAMBackend.create_role = create_role
+    iam_models.IAMBackend.put_role_policy = put_role_policy
     iam_models.IAMBackend.add_role_to_instance_profile = add_role_to_instance_profile
 
     orig_filter_profiles = inst_resp.filter_iam_instance_profiles

@@ -46,6 +46,9 @@ pub struct AwsBehaviour {
     /// `RunInstances` refuses an instance profile created (or given a role) less than
     /// this long ago: `InvalidParameterValue`, "Invalid IAM Instance Profile name".
     pub instance_profile: Duration,
+    /// A new IAM role is unknown (`NoSuchEntity`) to `PutRolePolicy` and
+    /// `AddRoleToInstanceProfile` for this long after `CreateRole`.
+    pub role: Duration,
     /// A new instance id is unknown (`InvalidInstanceID.NotFound`; absent from
     /// listings) for this long after `RunInstances`.
     pub instance: Duration,
@@ -70,6 +73,7 @@ impl AwsBehaviour {
     pub fn off() -> AwsBehaviour {
         AwsBehaviour {
             instance_profile: Duration::ZERO,
+            role: Duration::ZERO,
             instance: Duration::ZERO,
             security_group: Duration::ZERO,
             address: Duration::ZERO,
@@ -82,6 +86,7 @@ impl AwsBehaviour {
     pub fn aws_like() -> AwsBehaviour {
         AwsBehaviour {
             instance_profile: Duration::from_secs(4),
+            role: Duration::from_secs(2),
             instance: Duration::from_secs(2),
             security_group: Duration::from_secs(2),
             address: Duration::from_secs(2),
@@ -91,7 +96,7 @@ impl AwsBehaviour {
     }
 
     /// Reads `LOCAL_CLOUD_AWS`: `off`, or a JSON object with any of the keys
-    /// `instance_profile_s`, `instance_s`, `security_group_s`, `address_s`,
+    /// `instance_profile_s`, `role_s`, `instance_s`, `security_group_s`, `address_s`,
     /// `terminated_eni_s` (seconds) and `strict`, over [`AwsBehaviour::aws_like`].
     pub fn from_env() -> Result<AwsBehaviour, HarnessError> {
         let Ok(text) = std::env::var("LOCAL_CLOUD_AWS") else {
@@ -117,6 +122,7 @@ impl AwsBehaviour {
             Ok(())
         };
         secs("instance_profile_s", &mut b.instance_profile)?;
+        secs("role_s", &mut b.role)?;
         secs("instance_s", &mut b.instance)?;
         secs("security_group_s", &mut b.security_group)?;
         secs("address_s", &mut b.address)?;
@@ -133,6 +139,7 @@ impl AwsBehaviour {
     pub fn to_json(&self) -> String {
         serde_json::json!({
             "instance_profile_s": self.instance_profile.as_secs_f64(),
+            "role_s": self.role.as_secs_f64(),
             "instance_s": self.instance.as_secs_f64(),
             "security_group_s": self.security_group.as_secs_f64(),
             "address_s": self.address.as_secs_f64(),
