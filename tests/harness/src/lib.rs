@@ -30,7 +30,8 @@
 //! - [`ServerProcess`]: the `server` binary on a free loopback port, killed on drop;
 //! - [`Moto::s3_client`], [`Moto::ec2_client`]: SDK clients for the emulator;
 //! - [`http`]: GET/POST to 127.0.0.1 on hyper's client;
-//! - [`workspace_bin`]: another package's binary, built by cargo, from the target dir.
+//! - [`workspace_bin`]: another package's binary, built by cargo, from the target dir;
+//! - [`files_under`], [`upload_dir`]: a folder's files, and the folder put in S3.
 
 pub mod artifact;
 pub mod http;
@@ -51,7 +52,7 @@ mod moto;
 pub mod pebble;
 mod postgres;
 
-pub use moto::{Moto, REGION, amis, amis_path, moto, moto_server_bin};
+pub use moto::{Moto, REGION, amis, amis_path, moto, moto_server_bin, upload_dir};
 pub use postgres::{PgCluster, TestDb, pg_bin, postgres};
 
 /// Why a service could not be started.
@@ -140,6 +141,25 @@ pub fn fixtures_dir() -> PathBuf {
         Some(p) => PathBuf::from(p),
         None => repo_root().join("../shared/fixtures/challenge"),
     }
+}
+
+/// Every file below `root` (not the folders), in no particular order. Panics on an
+/// unreadable folder: it is a test's fixture.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("reading the folder {}: {e}", root.display()));
+    for e in entries {
+        let p = e
+            .unwrap_or_else(|e| panic!("reading the folder {}: {e}", root.display()))
+            .path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// A name no other test in any process will pick: `prefix-<12 random chars>`, lower

@@ -189,3 +189,24 @@ pub fn amis() -> serde_json::Value {
     let text = fs::read_to_string(amis_path()).expect("reading tests/harness/amis.json");
     serde_json::from_str(&text).expect("tests/harness/amis.json is JSON")
 }
+
+/// Puts every file below `dir` into `bucket` under `prefix/` (its path relative to
+/// `dir`): how a test publishes a model artifact where the server reads it. Panics on
+/// failure: it is a test's fixture.
+pub async fn upload_dir(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str, dir: &Path) {
+    for f in crate::files_under(dir) {
+        let rel = f
+            .strip_prefix(dir)
+            .ok()
+            .and_then(Path::to_str)
+            .unwrap_or_else(|| panic!("{} is not a UTF-8 path below its folder", f.display()));
+        let body = std::fs::read(&f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
+        s3.put_object()
+            .bucket(bucket)
+            .key(format!("{prefix}/{rel}"))
+            .body(body.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("putting s3://{bucket}/{prefix}/{rel}: {e:?}"));
+    }
+}

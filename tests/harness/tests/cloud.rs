@@ -11,15 +11,16 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::operation::allocate_address::AllocateAddressOutput;
+use aws_sdk_ec2::operation::associate_address::builders::AssociateAddressFluentBuilder;
+use aws_sdk_ec2::operation::create_tags::builders::CreateTagsFluentBuilder;
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{Filter, InstanceNetworkInterfaceSpecification};
 use harness::cloud::{AwsBehaviour, InstanceStatus, LocalCloud, LocalCloudOptions};
-use model::classifier::{Classifier, Logistic};
-use model::{Artifact, ArtifactSpec, FeatureEncoding, Features, Model};
 use sha2::Digest as _;
 
 /// The instances' API port: one free port for this test binary.
@@ -193,6 +194,83 @@ async fn terminate(ec2: &aws_sdk_ec2::Client, id: &str) {
         .unwrap();
 }
 
+/// `RunInstances` of one instance of the first AMI; the caller adds the rest.
+fn run_one(ec2: &aws_sdk_ec2::Client) -> RunInstancesFluentBuilder {
+    ec2.run_instances()
+        .image_id(ami())
+        .min_count(1)
+        .max_count(1)
+}
+
+/// A new security group in `vpc`; its id.
+async fn new_security_group(
+    ec2: &aws_sdk_ec2::Client,
+    vpc: &str,
+    name: &str,
+    desc: &str,
+) -> String {
+    ec2.create_security_group()
+        .group_name(name)
+        .description(desc)
+        .vpc_id(vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap()
+}
+
+/// A new VPC Elastic IP address.
+async fn allocate(ec2: &aws_sdk_ec2::Client) -> AllocateAddressOutput {
+    ec2.allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `AssociateAddress` of `alloc` with `instance`, moving it if `reassociate`.
+fn associate(
+    ec2: &aws_sdk_ec2::Client,
+    alloc: &str,
+    instance: &str,
+    reassociate: bool,
+) -> AssociateAddressFluentBuilder {
+    ec2.associate_address()
+        .allocation_id(alloc)
+        .instance_id(instance)
+        .set_allow_reassociation(reassociate.then_some(true))
+}
+
+async fn release(ec2: &aws_sdk_ec2::Client, alloc: &str) {
+    ec2.release_address()
+        .allocation_id(alloc)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// `CreateTags` of `k=v` on `id`.
+fn tag(ec2: &aws_sdk_ec2::Client, id: &str) -> CreateTagsFluentBuilder {
+    ec2.create_tags().resources(id).tags(
+        aws_sdk_ec2::types::Tag::builder()
+            .key("k")
+            .value("v")
+            .build(),
+    )
+}
+
+/// Awaits a call that must fail with the error code `code`; its error.
+async fn refused<T, E>(call: impl std::future::Future<Output = Result<T, E>>, code: &str) -> E
+where
+    T: std::fmt::Debug,
+    E: ProvideErrorMetadata + std::fmt::Debug,
+{
+    let err = call.await.unwrap_err();
+    assert_eq!(err.code(), Some(code), "{err:?}");
+    err
+}
+
 // ---------------------------------------------------------------------------------------
 // AWS's eventual consistency, through raw SDK calls
 // ---------------------------------------------------------------------------------------
@@ -201,23 +279,12 @@ async fn terminate(ec2: &aws_sdk_ec2::Client, id: &str) {
 async fn a_new_security_group_is_unknown_until_it_propagates() {
     let ec2 = ec2().await;
     let (vpc, _) = new_vpc(&ec2).await;
-    let sg = ec2
-        .create_security_group()
-        .group_name(harness::unique("sg"))
-        .description("local cloud test")
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap()
-        .group_id
-        .unwrap();
-    let err = ec2
-        .describe_security_groups()
-        .group_ids(&sg)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("InvalidGroup.NotFound"), "{err:?}");
+    let sg = new_security_group(&ec2, &vpc, &harness::unique("sg"), "local cloud test").await;
+    refused(
+        ec2.describe_security_groups().group_ids(&sg).send(),
+        "InvalidGroup.NotFound",
+    )
+    .await;
     let (first, took, _) = until_ok(Duration::from_secs(30), || {
         ec2.authorize_security_group_ingress()
             .group_id(&sg)
@@ -250,10 +317,7 @@ async fn run_instances_refuses_a_new_instance_profile_until_it_propagates() {
         .await
         .unwrap();
     let (first, took, out) = until_ok(Duration::from_secs(30), || {
-        ec2.run_instances()
-            .image_id(ami())
-            .min_count(1)
-            .max_count(1)
+        run_one(&ec2)
             .iam_instance_profile(
                 aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
                     .name(&name)
@@ -281,64 +345,29 @@ async fn run_instances_refuses_a_new_instance_profile_until_it_propagates() {
 #[tokio::test]
 async fn a_new_instance_is_unknown_until_it_propagates() {
     let ec2 = ec2().await;
-    let out = ec2
-        .run_instances()
-        .image_id(ami())
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap();
+    let out = run_one(&ec2).send().await.unwrap();
     let id = out.instances()[0].instance_id().unwrap().to_string();
-    let err = ec2
-        .describe_instances()
-        .instance_ids(&id)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("InvalidInstanceID.NotFound"), "{err:?}");
-    let err = ec2
-        .create_tags()
-        .resources(&id)
-        .tags(
-            aws_sdk_ec2::types::Tag::builder()
-                .key("k")
-                .value("v")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("InvalidInstanceID.NotFound"), "{err:?}");
-    let err = ec2
-        .describe_instance_attribute()
-        .instance_id(&id)
-        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("InvalidInstanceID.NotFound"), "{err:?}");
-    let alloc = ec2
-        .allocate_address()
-        .domain(aws_sdk_ec2::types::DomainType::Vpc)
-        .send()
-        .await
-        .unwrap()
-        .allocation_id
-        .unwrap();
-    let err = ec2
-        .associate_address()
-        .allocation_id(&alloc)
-        .instance_id(&id)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("InvalidInstanceID.NotFound"), "{err:?}");
-    ec2.release_address()
-        .allocation_id(&alloc)
-        .send()
-        .await
-        .unwrap();
+    refused(
+        ec2.describe_instances().instance_ids(&id).send(),
+        "InvalidInstanceID.NotFound",
+    )
+    .await;
+    refused(tag(&ec2, &id).send(), "InvalidInstanceID.NotFound").await;
+    refused(
+        ec2.describe_instance_attribute()
+            .instance_id(&id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send(),
+        "InvalidInstanceID.NotFound",
+    )
+    .await;
+    let alloc = allocate(&ec2).await.allocation_id.unwrap();
+    refused(
+        associate(&ec2, &alloc, &id, false).send(),
+        "InvalidInstanceID.NotFound",
+    )
+    .await;
+    release(&ec2, &alloc).await;
     // Absent from listings too.
     let listed = ec2
         .describe_instances()
@@ -352,17 +381,7 @@ async fn a_new_instance_is_unknown_until_it_propagates() {
     })
     .await;
     assert!(took >= delays().instance / 2, "took {took:?}");
-    ec2.create_tags()
-        .resources(&id)
-        .tags(
-            aws_sdk_ec2::types::Tag::builder()
-                .key("k")
-                .value("v")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    tag(&ec2, &id).send().await.unwrap();
     terminate(&ec2, &id).await;
 }
 
@@ -385,20 +404,8 @@ async fn describe_addresses_shows_the_previous_association_for_a_while() {
     let (_, subnet) = new_vpc(&ec2).await;
     let a = launch(&ec2, &subnet, false, None).await;
     let b = launch(&ec2, &subnet, false, None).await;
-    let alloc = ec2
-        .allocate_address()
-        .domain(aws_sdk_ec2::types::DomainType::Vpc)
-        .send()
-        .await
-        .unwrap()
-        .allocation_id
-        .unwrap();
-    ec2.associate_address()
-        .allocation_id(&alloc)
-        .instance_id(&a)
-        .send()
-        .await
-        .unwrap();
+    let alloc = allocate(&ec2).await.allocation_id.unwrap();
+    associate(&ec2, &alloc, &a, false).send().await.unwrap();
     assert_eq!(
         holder(&ec2, &alloc).await,
         None,
@@ -409,13 +416,7 @@ async fn describe_addresses_shows_the_previous_association_for_a_while() {
         assert!(start.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    ec2.associate_address()
-        .allocation_id(&alloc)
-        .instance_id(&b)
-        .allow_reassociation(true)
-        .send()
-        .await
-        .unwrap();
+    associate(&ec2, &alloc, &b, true).send().await.unwrap();
     let moved = Instant::now();
     assert_eq!(holder(&ec2, &alloc).await.as_deref(), Some(a.as_str()));
     while holder(&ec2, &alloc).await.as_deref() != Some(b.as_str()) {
@@ -425,13 +426,11 @@ async fn describe_addresses_shows_the_previous_association_for_a_while() {
     assert!(moved.elapsed() >= delays().address / 2);
 
     // AWS refuses to release an associated address (moto alone allows it).
-    let err = ec2
-        .release_address()
-        .allocation_id(&alloc)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("InvalidIPAddress.InUse"), "{err:?}");
+    refused(
+        ec2.release_address().allocation_id(&alloc).send(),
+        "InvalidIPAddress.InUse",
+    )
+    .await;
     ec2.disassociate_address()
         .association_id(
             ec2.describe_addresses()
@@ -446,11 +445,7 @@ async fn describe_addresses_shows_the_previous_association_for_a_while() {
         .send()
         .await
         .unwrap();
-    ec2.release_address()
-        .allocation_id(&alloc)
-        .send()
-        .await
-        .unwrap();
+    release(&ec2, &alloc).await;
     terminate(&ec2, &a).await;
     terminate(&ec2, &b).await;
 }
@@ -459,21 +454,9 @@ async fn describe_addresses_shows_the_previous_association_for_a_while() {
 async fn a_terminated_instance_blocks_deletes_for_a_while_and_mapped_addresses_block_the_gateway() {
     let ec2 = ec2().await;
     let (vpc, subnet, rtb, igw) = routed_network(&ec2).await;
-    let sg = ec2
-        .create_security_group()
-        .group_name(harness::unique("sg"))
-        .description("local cloud test")
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap()
-        .group_id
-        .unwrap();
+    let sg = new_security_group(&ec2, &vpc, &harness::unique("sg"), "local cloud test").await;
     let (_, _, out) = until_ok(Duration::from_secs(30), || {
-        ec2.run_instances()
-            .image_id(ami())
-            .min_count(1)
-            .max_count(1)
+        run_one(&ec2)
             .subnet_id(&subnet)
             .security_group_ids(&sg)
             .send()
@@ -484,59 +467,41 @@ async fn a_terminated_instance_blocks_deletes_for_a_while_and_mapped_addresses_b
         ec2.describe_instances().instance_ids(&id).send()
     })
     .await;
-    let alloc = ec2
-        .allocate_address()
-        .domain(aws_sdk_ec2::types::DomainType::Vpc)
-        .send()
-        .await
-        .unwrap()
-        .allocation_id
-        .unwrap();
-    ec2.associate_address()
-        .allocation_id(&alloc)
-        .instance_id(&id)
-        .send()
-        .await
-        .unwrap();
+    let alloc = allocate(&ec2).await.allocation_id.unwrap();
+    associate(&ec2, &alloc, &id, false).send().await.unwrap();
     // A mapped public address holds the gateway.
-    let err = ec2
-        .detach_internet_gateway()
-        .internet_gateway_id(&igw)
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("DependencyViolation"), "{err:?}");
+    let err = refused(
+        ec2.detach_internet_gateway()
+            .internet_gateway_id(&igw)
+            .vpc_id(&vpc)
+            .send(),
+        "DependencyViolation",
+    )
+    .await;
     assert!(
         err.message().unwrap().contains("mapped public address"),
         "{err:?}"
     );
     // A live instance holds its security group.
-    let err = ec2
-        .delete_security_group()
-        .group_id(&sg)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("DependencyViolation"), "{err:?}");
+    refused(
+        ec2.delete_security_group().group_id(&sg).send(),
+        "DependencyViolation",
+    )
+    .await;
 
     terminate(&ec2, &id).await;
     let terminated = Instant::now();
     // Terminating let go of the address; its interfaces linger for a while.
-    let err = ec2
-        .delete_security_group()
-        .group_id(&sg)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("DependencyViolation"), "{err:?}");
-    let err = ec2
-        .delete_subnet()
-        .subnet_id(&subnet)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("DependencyViolation"), "{err:?}");
+    refused(
+        ec2.delete_security_group().group_id(&sg).send(),
+        "DependencyViolation",
+    )
+    .await;
+    refused(
+        ec2.delete_subnet().subnet_id(&subnet).send(),
+        "DependencyViolation",
+    )
+    .await;
     until_ok(Duration::from_secs(30), || {
         ec2.delete_security_group().group_id(&sg).send()
     })
@@ -553,11 +518,7 @@ async fn a_terminated_instance_blocks_deletes_for_a_while_and_mapped_addresses_b
     })
     .await;
     assert!(terminated.elapsed() >= delays().terminated_interfaces / 2);
-    ec2.release_address()
-        .allocation_id(&alloc)
-        .send()
-        .await
-        .unwrap();
+    release(&ec2, &alloc).await;
     let _ = rtb;
 }
 
@@ -568,29 +529,13 @@ async fn plain_moto_has_none_of_these_delays() {
     let moto = harness::Moto::start_aws_like(&AwsBehaviour::off()).unwrap();
     let ec2 = aws_sdk_ec2::Client::new(&moto.sdk_config().await);
     let (vpc, _) = new_vpc(&ec2).await;
-    let sg = ec2
-        .create_security_group()
-        .group_name("g")
-        .description("d")
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap()
-        .group_id
-        .unwrap();
+    let sg = new_security_group(&ec2, &vpc, "g", "d").await;
     ec2.describe_security_groups()
         .group_ids(&sg)
         .send()
         .await
         .unwrap();
-    let out = ec2
-        .run_instances()
-        .image_id(ami())
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap();
+    let out = run_one(&ec2).send().await.unwrap();
     let id = out.instances()[0].instance_id().unwrap();
     ec2.describe_instances()
         .instance_ids(id)
@@ -602,68 +547,6 @@ async fn plain_moto_has_none_of_these_delays() {
 // ---------------------------------------------------------------------------------------
 // Instances that boot, and the Elastic IP
 // ---------------------------------------------------------------------------------------
-
-/// The `server` binary next to this test's folder in the target directory.
-fn server_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("server");
-    assert!(
-        bin.exists(),
-        "{} is missing: the booted instances run it. Run `cargo build -p server` first \
-         (`cargo test --workspace` builds it too)",
-        bin.display()
-    );
-    bin
-}
-
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(root).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// A small model artifact, saved and promoted under a temp dir.
-fn artifact_dir() -> (tempfile::TempDir, String) {
-    let train: Vec<Features> = (0..20)
-        .map(|k| Features {
-            attr_a: k % 3,
-            attr_b: ["a", "b", "c", "d"][(k % 4) as usize].into(),
-            scd_a: 0.05 * k as f64,
-            scd_b: k % 5 + 1,
-        })
-        .collect();
-    let enc = FeatureEncoding::fit(&train).unwrap();
-    let w = enc.width();
-    let m = Model::new(
-        enc,
-        Classifier::LogisticRegression(Logistic {
-            weights: vec![0.1; w],
-            intercept: 0.0,
-        }),
-        0.5,
-    )
-    .unwrap();
-    let a = Artifact::new(ArtifactSpec {
-        model: m,
-        code_version: "cloud-test".into(),
-        training_data: "sha256:00".into(),
-        metrics: serde_json::Map::new(),
-        extra_files: Default::default(),
-        created: UNIX_EPOCH + Duration::from_secs(1_795_539_600),
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    a.save(dir.path()).unwrap();
-    model::artifact::promote(dir.path(), a.version()).unwrap();
-    (dir, a.version().to_string())
-}
 
 /// The server binary and a model in the emulator's S3, published once per test binary.
 struct Published {
@@ -683,26 +566,13 @@ fn published() -> &'static Published {
 }
 
 async fn publish() -> Published {
-    let sdk = cloud().moto().sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = cloud().moto().s3_client().await;
     let bucket = harness::unique("artifacts");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let (model, model_version) = artifact_dir();
-    for f in files_under(model.path()) {
-        let rel = f.strip_prefix(model.path()).unwrap().to_str().unwrap();
-        s3.put_object()
-            .bucket(&bucket)
-            .key(format!("models/{rel}"))
-            .body(std::fs::read(&f).unwrap().into())
-            .send()
-            .await
-            .unwrap();
-    }
-    let server = std::fs::read(server_bin()).unwrap();
+    let (model, model_version) = harness::artifact::promoted_dir();
+    harness::upload_dir(&s3, &bucket, "models", model.path()).await;
+    let server = harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"));
+    let server = std::fs::read(server).unwrap();
     let server_sha256 = hex::encode(sha2::Sha256::digest(&server));
     s3.put_object()
         .bucket(&bucket)
@@ -764,6 +634,25 @@ fn get(ip: Ipv4Addr, port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body.to_string()))
 }
 
+/// [`wait_ready`] off the async runtime, with a minute to get there.
+async fn ready_within_a_minute(ip: Ipv4Addr) -> bool {
+    tokio::task::spawn_blocking(move || wait_ready(ip, Duration::from_secs(60)))
+        .await
+        .unwrap()
+}
+
+/// Waits (a minute at most) for `id` to finish booting; its status then.
+async fn booted(id: &str) -> Option<InstanceStatus> {
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        cloud().wait_status(&id, Duration::from_secs(60), |s| {
+            !matches!(s, InstanceStatus::Booting)
+        })
+    })
+    .await
+    .unwrap()
+}
+
 fn wait_ready(ip: Ipv4Addr, deadline: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < deadline {
@@ -789,20 +678,14 @@ async fn boot_public(ec2: &aws_sdk_ec2::Client, subnet: &str, release: &str) -> 
     let ud = user_data(release);
     let id = launch(ec2, subnet, true, Some(&ud)).await;
     let c = cloud();
-    let id2 = id.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        cloud().wait_status(&id2, Duration::from_secs(60), |s| {
-            !matches!(s, InstanceStatus::Booting)
-        })
-    })
-    .await
-    .unwrap();
+    let status = booted(&id).await;
     let log = std::fs::read_to_string(c.boot_log(&id)).unwrap_or_default();
     assert!(
         matches!(status, Some(InstanceStatus::Serving(_))),
         "{id}: {status:?}\n{log}"
     );
-    (id.clone(), c.standin_of(&id).unwrap())
+    let standin = c.standin_of(&id).unwrap();
+    (id, standin)
 }
 
 fn address_map() -> serde_json::Value {
@@ -815,9 +698,7 @@ async fn an_instance_with_a_public_address_boots_and_serves_until_terminated() {
     let (_, subnet, _, _) = routed_network(&ec2).await;
     let (id, standin) = boot_public(&ec2, &subnet, "r-public").await;
     assert_eq!(&standin.octets()[..2], &[127, 77]);
-    let ready = tokio::task::spawn_blocking(move || wait_ready(standin, Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let ready = ready_within_a_minute(standin).await;
     let journal = std::fs::read_to_string(cloud().journal(&id)).unwrap_or_default();
     assert!(ready, "{id} never became ready on {standin}:\n{journal}");
     let health = get(standin, api_port(), "/healthz").unwrap();
@@ -875,14 +756,7 @@ async fn an_instance_without_a_route_to_s3_cannot_download_until_the_vpc_has_an_
     let (vpc, subnet, rtb, _) = routed_network(&ec2).await;
     let ud = user_data("r-private");
     let id = launch(&ec2, &subnet, false, Some(&ud)).await;
-    let id2 = id.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        cloud().wait_status(&id2, Duration::from_secs(60), |s| {
-            !matches!(s, InstanceStatus::Booting)
-        })
-    })
-    .await
-    .unwrap();
+    let status = booted(&id).await;
     let log = std::fs::read_to_string(cloud().boot_log(&id)).unwrap();
     assert_eq!(status, Some(InstanceStatus::BootFailed(Some(28))), "{log}");
     assert!(log.contains("no public IPv4 address"), "{log}");
@@ -900,14 +774,7 @@ async fn an_instance_without_a_route_to_s3_cannot_download_until_the_vpc_has_an_
         .await
         .unwrap();
     let id = launch(&ec2, &subnet, false, Some(&ud)).await;
-    let id2 = id.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        cloud().wait_status(&id2, Duration::from_secs(60), |s| {
-            !matches!(s, InstanceStatus::Booting)
-        })
-    })
-    .await
-    .unwrap();
+    let status = booted(&id).await;
     let log = std::fs::read_to_string(cloud().boot_log(&id)).unwrap();
     assert!(
         matches!(status, Some(InstanceStatus::Serving(_))),
@@ -915,9 +782,7 @@ async fn an_instance_without_a_route_to_s3_cannot_download_until_the_vpc_has_an_
     );
     assert!(log.contains("S3 gateway endpoint"), "{log}");
     let standin = cloud().standin_of(&id).unwrap();
-    let ready = tokio::task::spawn_blocking(move || wait_ready(standin, Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let ready = ready_within_a_minute(standin).await;
     assert!(
         ready,
         "{}",
@@ -933,30 +798,16 @@ async fn the_elastic_ip_serves_on_its_own_address_and_follows_a_move_after_its_d
     let (blue, blue_ip) = boot_public(&ec2, &subnet, "r-blue").await;
     let (green, green_ip) = boot_public(&ec2, &subnet, "r-green").await;
     for ip in [blue_ip, green_ip] {
-        assert!(
-            tokio::task::spawn_blocking(move || wait_ready(ip, Duration::from_secs(60)))
-                .await
-                .unwrap()
-        );
+        assert!(ready_within_a_minute(ip).await);
     }
-    let eip = ec2
-        .allocate_address()
-        .domain(aws_sdk_ec2::types::DomainType::Vpc)
-        .send()
-        .await
-        .unwrap();
+    let eip = allocate(&ec2).await;
     let eip_ip: Ipv4Addr = eip.public_ip().unwrap().parse().unwrap();
     assert!(
         eip_ip.is_loopback(),
         "moto's Elastic IPs are loopback: {eip_ip}"
     );
     let alloc = eip.allocation_id().unwrap().to_string();
-    ec2.associate_address()
-        .allocation_id(&alloc)
-        .instance_id(&blue)
-        .send()
-        .await
-        .unwrap();
+    associate(&ec2, &alloc, &blue, false).send().await.unwrap();
     let associated = Instant::now();
     let through_eip = move || release_of(eip_ip);
     let start = Instant::now();
@@ -980,13 +831,7 @@ async fn the_elastic_ip_serves_on_its_own_address_and_follows_a_move_after_its_d
 
     // A connection opened now stays with blue after the move, as on AWS.
     let mut held = TcpStream::connect((eip_ip, api_port())).unwrap();
-    ec2.associate_address()
-        .allocation_id(&alloc)
-        .instance_id(&green)
-        .allow_reassociation(true)
-        .send()
-        .await
-        .unwrap();
+    associate(&ec2, &alloc, &green, true).send().await.unwrap();
     let moved = Instant::now();
     let mut seen_blue_after_move = false;
     loop {
