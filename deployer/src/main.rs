@@ -56,7 +56,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::ForceUnlock { id } => commands::force_unlock(&d, &id).await,
         Command::LockInfo => commands::lock_info(&d).await,
         Command::Publish(a) => commands::publish(&d, a).await,
-        Command::Deploy { release, opts } => commands::deploy(&d, &release, opts.options()?).await,
+        Command::Deploy {
+            release,
+            model,
+            opts,
+        } => commands::deploy(&d, release.as_deref(), model.as_deref(), opts.options()?).await,
         Command::Rollback { opts } => commands::rollback(&d, opts.options()?).await,
         Command::Retire { lock } => commands::retire(&d, lock).await,
         Command::Status { probes, json } => commands::status(&d, &probes.endpoints()?, json).await,

@@ -56,9 +56,17 @@ pub enum Command {
     Publish(PublishArgs),
     /// Blue/green: launch the idle colour with the release, health-gate it, move the
     /// Elastic IP to it, keep the old colour for the rollback window, then retire it.
+    ///
+    /// With --model (a version, or `latest` resolved now): a model-only release, the
+    /// server binary of the running release (or of --release) with that model pinned,
+    /// named `<server release>_<model>`; nothing happens if it already holds the address.
     Deploy {
-        #[arg(long)]
-        release: String,
+        /// The published release; with --model, the release whose server binary to use.
+        #[arg(long, required_unless_present = "model")]
+        release: Option<String>,
+        /// A model version (or `latest`) to serve with the running server binary.
+        #[arg(long, value_name = "VERSION")]
+        model: Option<String>,
         #[command(flatten)]
         opts: ReleaseArgs,
     },
@@ -139,7 +147,8 @@ pub struct PublishArgs {
     pub release: String,
     #[arg(long, value_name = "PATH")]
     pub server_binary: PathBuf,
-    /// The model version the release serves (the health gate checks it).
+    /// The model version the release serves (the health gate checks it): a version,
+    /// or `latest`, resolved now to the version `models/latest` names.
     #[arg(long)]
     pub model_version: Option<String>,
 }
@@ -329,6 +338,25 @@ mod tests {
                 other => panic!("{other:?}"),
             };
             assert_eq!(lock.timeout(), Duration::from_secs(120), "{args:?}");
+        }
+        // deploy: --release, --model, or both; never neither.
+        assert!(Cli::try_parse_from(["deployer", "deploy"]).is_err());
+        for (args, want) in [
+            (
+                &["deployer", "deploy", "--model", "latest"][..],
+                (None, Some("latest")),
+            ),
+            (&["deployer", "deploy", "--release", "r"], (Some("r"), None)),
+            (
+                &["deployer", "deploy", "--release", "r", "--model", "latest"],
+                (Some("r"), Some("latest")),
+            ),
+        ] {
+            let Command::Deploy { release, model, .. } = Cli::try_parse_from(args).unwrap().command
+            else {
+                panic!("{args:?}")
+            };
+            assert_eq!((release.as_deref(), model.as_deref()), want, "{args:?}");
         }
         let c = Cli::try_parse_from(["deployer", "retire"]).unwrap();
         let Command::Retire { lock } = c.command else {

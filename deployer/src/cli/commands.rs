@@ -191,8 +191,18 @@ pub async fn publish(d: &Deployer, a: PublishArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub async fn deploy(d: &Deployer, release: &str, opts: ReleaseOptions) -> anyhow::Result<u8> {
-    let deployed = d.deploy(release, &opts).await.context("deploy")?;
+pub async fn deploy(
+    d: &Deployer,
+    release: Option<&str>,
+    model: Option<&str>,
+    opts: ReleaseOptions,
+) -> anyhow::Result<u8> {
+    let deployed = match (release, model) {
+        (release, Some(model)) => d.deploy_model(model, release, &opts).await,
+        (Some(release), None) => d.deploy(release, &opts).await,
+        (None, None) => bail!("deploy needs --release or --model"),
+    }
+    .context("deploy")?;
     println!(
         "{}",
         DeployedSummary {

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::InstanceStateName;
 use serde_json::json;
 
+use super::model::{DeployTarget, Resolved};
 use super::{Deployed, ReleaseError, ReleaseOptions, describe, failed, resource_id};
 use crate::health::{self, ProbeError};
 use crate::history::Entry;
 use crate::instances::{self, LaunchSpec};
-use crate::publish::{self, Manifest};
+use crate::publish::Manifest;
 use crate::stack::Kind;
 use crate::state::{
     Color, EventOutcome, InstanceRecord, ReleaseEvent, ReleaseOperation, State, StateStore,
@@ -315,22 +316,31 @@ impl Run<'_> {
 impl Deployer {
     /// `deploy --release`: see the module documentation.
     pub async fn deploy(&self, release: &str, opts: &ReleaseOptions) -> Result<Deployed, Error> {
+        self.deploy_target(DeployTarget::Release(release), opts)
+            .await
+    }
+
+    /// `deploy --release` or `deploy --model` ([`DeployTarget`]).
+    pub(super) async fn deploy_target(
+        &self,
+        target: DeployTarget<'_>,
+        opts: &ReleaseOptions,
+    ) -> Result<Deployed, Error> {
         let lock = LockOptions {
             enabled: true,
             timeout: opts.lock_timeout,
         };
         let result = self
             .locked("deploy", lock, async |_| {
-                self.deploy_locked(release, opts).await
+                self.deploy_locked(target, opts).await
             })
             .await;
-        let what = json!({ "release": release });
         match &result {
             Ok(d) => {
                 self.history()
                     .record(Entry::new(
                         "deploy",
-                        json!({ "release": release, "color": d.color, "instance": d.instance_id,
+                        json!({ "release": d.release, "color": d.color, "instance": d.instance_id,
                                 "previous": d.previous.as_ref().map(|p| json!({"color": p.0, "instance": p.1})) }),
                         "ok",
                     ))
@@ -338,7 +348,7 @@ impl Deployer {
             }
             Err(e) => {
                 self.history()
-                    .record(Entry::new("deploy", what, failed(&e.to_string())))
+                    .record(Entry::new("deploy", target.describe(), failed(&e.to_string())))
                     .await
             }
         }
@@ -357,15 +367,21 @@ impl Deployer {
         Ok(d)
     }
 
-    async fn deploy_locked(&self, release: &str, opts: &ReleaseOptions) -> Result<Deployed, Error> {
+    async fn deploy_locked(
+        &self,
+        target: DeployTarget<'_>,
+        opts: &ReleaseOptions,
+    ) -> Result<Deployed, Error> {
         let store = self.store();
         let mut state = store.read(&self.cfg.app).await?;
         let ids = StackIds::of(&state)?;
         self.settle_eip_move(&store, &mut state, &ids.allocation)
             .await?;
-        let manifest = publish::read_manifest(&self.clients, &self.cfg.artifacts.bucket, release)
-            .await
-            .map_err(ReleaseError::from)?;
+        let (release, manifest) = match self.resolve_target(&state, target).await? {
+            Resolved::Deploy { release, manifest } => (release, manifest),
+            Resolved::Serving(d) => return Ok(d),
+        };
+        let release = release.as_str();
         let active = state.release.eip_holder;
         let mut run = Run {
             d: self,

@@ -11,11 +11,13 @@
 //! * this file — the types, the options, the errors, and the Elastic IP steps deploy
 //!   and rollback share (guard, move, verify through the fixed address);
 //! * [`deploy`](self::deploy) — `deploy` step by step, `retire`, the plan's cutover preview;
+//! * [`model`](self::model) — `deploy --model`: the model-only release, under the lock;
 //! * [`rollback`](self::rollback) — `rollback`;
 //! * [`status`](self::status) — `status` and its rendering;
 //! * [`userdata`](self::userdata) — the boot script and the values that go into it.
 
 mod deploy;
+mod model;
 mod rollback;
 mod status;
 mod userdata;
@@ -35,6 +37,7 @@ use crate::state::{Color, EipMove, State, StateStore};
 use crate::{Deployer, Error};
 
 pub use deploy::cutover_preview;
+pub use model::DeployTarget;
 pub use status::{ColorStatus, Status};
 pub use userdata::{BOOT_TEMPLATE, BootValues, UNIT_TEMPLATE, render_user_data};
 
@@ -72,6 +75,10 @@ pub enum ReleaseError {
     NoPublicAddress { release: String },
     #[error("release {release} cannot run on this stack: {why}")]
     WontRun { release: String, why: String },
+    #[error(
+        "no colour holds the Elastic IP, so there is no running server to serve model {model} with: deploy a release first (or name one with --release)"
+    )]
+    NothingRunning { model: String },
     #[error("nothing to roll back to: {0}")]
     NoRollback(String),
     #[error("instance {id} did not reach running: {why}")]

@@ -70,7 +70,8 @@ impl Deployer {
                 detail: "no server file".into(),
             })
         })?;
-        let key = format!("{}server", publish::prefix(&m.release));
+        // A model-only release names the server object of the release it is based on.
+        let key = publish::file_key(m, file);
         let url = format!("s3://{}/{key}", self.cfg.artifacts.bucket);
         let cfg = aws_sdk_s3::presigning::PresigningConfig::expires_in(lifetime)
             .map_err(|e| AwsError::other(&url, "GetObject", e.to_string()))?;
