@@ -27,17 +27,13 @@ impl Resource for Eip {
     }
 
     async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_addresses()
-            .allocation_ids(id)
-            .send()
-            .await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeAddresses")? else {
-            return Ok(None);
-        };
-        let Some(ad) = out.addresses().first() else {
+        let Some(ad) = describe_by_id!(
+            s,
+            KIND,
+            describe_addresses(allocation_ids = id),
+            "DescribeAddresses",
+            addresses
+        ) else {
             return Ok(None);
         };
         Ok(Some(Actual::from([

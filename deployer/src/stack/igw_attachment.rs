@@ -6,15 +6,29 @@
 //! while: `delete` retries it for up to [`delete_bound::INTERNET_GATEWAY`].
 
 use async_trait::async_trait;
+use aws_sdk_ec2::types::InternetGateway;
 use serde_json::json;
 
 use super::{Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, delete_while, parent_id};
-use crate::aws::{AwsError, delete_bound, or_absent};
+use crate::aws::{AwsError, delete_bound};
 use crate::config::Config;
 
 const KIND: Kind = Kind::IgwAttachment;
 
 pub(super) struct IgwAttachment;
+
+impl IgwAttachment {
+    /// The gateway `igw` with its attachments, or `None` if AWS does not know it.
+    async fn gateway(s: &Stack<'_>, igw: &str) -> Result<Option<InternetGateway>, AwsError> {
+        Ok(describe_by_id!(
+            s,
+            KIND,
+            describe_internet_gateways(internet_gateway_ids = igw),
+            "DescribeInternetGateways",
+            internet_gateways
+        ))
+    }
+}
 
 #[async_trait]
 impl Resource for IgwAttachment {
@@ -32,17 +46,7 @@ impl Resource for IgwAttachment {
         let Some((igw, vpc)) = id.split_once(':') else {
             return Ok(None);
         };
-        let out = s
-            .clients
-            .ec2
-            .describe_internet_gateways()
-            .internet_gateway_ids(igw)
-            .send()
-            .await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeInternetGateways")? else {
-            return Ok(None);
-        };
-        let attached = out.internet_gateways().first().is_some_and(|g| {
+        let attached = Self::gateway(s, igw).await?.is_some_and(|g| {
             g.attachments().iter().any(|at| {
                 at.vpc_id() == Some(vpc)
                     && at
@@ -65,18 +69,8 @@ impl Resource for IgwAttachment {
             return Ok(vec![]);
         };
         // Whatever VPC it is attached to (a replaced VPC's included).
-        let out = s
-            .clients
-            .ec2
-            .describe_internet_gateways()
-            .internet_gateway_ids(igw)
-            .send()
-            .await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeInternetGateways")? else {
-            return Ok(vec![]);
-        };
-        Ok(out
-            .internet_gateways()
+        Ok(Self::gateway(s, igw)
+            .await?
             .iter()
             .flat_map(|g| g.attachments())
             .filter_map(|at| at.vpc_id().map(|v| format!("{igw}:{v}")))

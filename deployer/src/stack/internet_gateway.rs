@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use aws_sdk_ec2::types::ResourceType;
 
 use super::{Actual, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while, tags};
-use crate::aws::{AwsError, delete_bound, or_absent};
+use crate::aws::{AwsError, delete_bound};
 use crate::config::Config;
 
 const KIND: Kind = Kind::InternetGateway;
@@ -19,17 +19,13 @@ impl Resource for InternetGateway {
     }
 
     async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_internet_gateways()
-            .internet_gateway_ids(id)
-            .send()
-            .await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeInternetGateways")? else {
-            return Ok(None);
-        };
-        let Some(v) = out.internet_gateways().first() else {
+        let Some(v) = describe_by_id!(
+            s,
+            KIND,
+            describe_internet_gateways(internet_gateway_ids = id),
+            "DescribeInternetGateways",
+            internet_gateways
+        ) else {
             return Ok(None);
         };
         Ok(Some(Actual::from([(

@@ -79,6 +79,18 @@ macro_rules! find_tagged {
     }};
 }
 
+/// The first of `$list` in the answer to one `$describe` call (`$action`) naming `$id`
+/// through its `$ids` setter; `None` when AWS answers not-found or lists nothing.
+/// Errors name `$kind`'s address. How an EC2 resource's `read` (and a child's, through
+/// its parent) looks one up by id.
+macro_rules! describe_by_id {
+    ($s:expr, $kind:expr, $describe:ident($ids:ident = $id:expr), $action:literal, $list:ident) => {{
+        let out = $s.clients.ec2.$describe().$ids($id).send().await;
+        crate::aws::or_absent(out, &$kind.address(), $action)?
+            .and_then(|out| out.$list.and_then(|v| v.into_iter().next()))
+    }};
+}
+
 mod eip;
 mod iam_role;
 mod iam_role_policy;

@@ -27,17 +27,14 @@ impl Resource for Route {
         let Some((rtb, dest)) = id.split_once(':') else {
             return Ok(None);
         };
-        let out = s
-            .clients
-            .ec2
-            .describe_route_tables()
-            .route_table_ids(rtb)
-            .send()
-            .await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeRouteTables")? else {
-            return Ok(None);
-        };
-        let Some(route) = out.route_tables().first().and_then(|t| {
+        let table = describe_by_id!(
+            s,
+            KIND,
+            describe_route_tables(route_table_ids = rtb),
+            "DescribeRouteTables",
+            route_tables
+        );
+        let Some(route) = table.as_ref().and_then(|t| {
             t.routes()
                 .iter()
                 .find(|r| r.destination_cidr_block() == Some(dest))

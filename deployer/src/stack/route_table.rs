@@ -8,7 +8,7 @@ use super::{
     Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while, parent_id,
     str_value, tags,
 };
-use crate::aws::{AwsError, delete_bound, or_absent};
+use crate::aws::{AwsError, delete_bound};
 use crate::config::Config;
 
 const KIND: Kind = Kind::RouteTable;
@@ -25,17 +25,13 @@ impl Resource for RouteTable {
     }
 
     async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_route_tables()
-            .route_table_ids(id)
-            .send()
-            .await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeRouteTables")? else {
-            return Ok(None);
-        };
-        let Some(v) = out.route_tables().first() else {
+        let Some(v) = describe_by_id!(
+            s,
+            KIND,
+            describe_route_tables(route_table_ids = id),
+            "DescribeRouteTables",
+            route_tables
+        ) else {
             return Ok(None);
         };
         Ok(Some(Actual::from([

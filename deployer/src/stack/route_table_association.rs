@@ -55,18 +55,14 @@ impl Resource for RouteTableAssociation {
         let Some(rtb) = current.get(&Kind::RouteTable) else {
             return Ok(vec![]);
         };
-        let out = s
-            .clients
-            .ec2
-            .describe_route_tables()
-            .route_table_ids(rtb)
-            .send()
-            .await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeRouteTables")? else {
-            return Ok(vec![]);
-        };
-        Ok(out
-            .route_tables()
+        let table = describe_by_id!(
+            s,
+            KIND,
+            describe_route_tables(route_table_ids = rtb),
+            "DescribeRouteTables",
+            route_tables
+        );
+        Ok(table
             .iter()
             .flat_map(|t| t.associations())
             .filter(|x| x.main() != Some(true))

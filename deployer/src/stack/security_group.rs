@@ -17,9 +17,7 @@ use super::{
     Actual, Attr, Change, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while,
     parent_id, str_value, tags,
 };
-use crate::aws::{
-    AwsError, Backoff, EC2_PROPAGATION, delete_bound, or_absent, poll_until_some, retry_logged,
-};
+use crate::aws::{AwsError, Backoff, EC2_PROPAGATION, delete_bound, poll_until_some, retry_logged};
 use crate::config::Config;
 
 const KIND: Kind = Kind::SecurityGroup;
@@ -58,17 +56,13 @@ impl Resource for SecurityGroup {
     }
 
     async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
-        let out = s
-            .clients
-            .ec2
-            .describe_security_groups()
-            .group_ids(id)
-            .send()
-            .await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeSecurityGroups")? else {
-            return Ok(None);
-        };
-        let Some(g) = out.security_groups().first() else {
+        let Some(g) = describe_by_id!(
+            s,
+            KIND,
+            describe_security_groups(group_ids = id),
+            "DescribeSecurityGroups",
+            security_groups
+        ) else {
             return Ok(None);
         };
         let mut rules: Vec<String> = g.ip_permissions().iter().flat_map(rule_strings).collect();

@@ -13,7 +13,7 @@ use super::{
     Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while, parent_id,
     str_value, tags,
 };
-use crate::aws::{AwsError, delete_bound, or_absent};
+use crate::aws::{AwsError, delete_bound};
 use crate::config::Config;
 
 const KIND: Kind = Kind::Subnet;
@@ -35,11 +35,13 @@ impl Resource for Subnet {
     }
 
     async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
-        let out = s.clients.ec2.describe_subnets().subnet_ids(id).send().await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeSubnets")? else {
-            return Ok(None);
-        };
-        let Some(v) = out.subnets().first() else {
+        let Some(v) = describe_by_id!(
+            s,
+            KIND,
+            describe_subnets(subnet_ids = id),
+            "DescribeSubnets",
+            subnets
+        ) else {
             return Ok(None);
         };
         Ok(Some(Actual::from([

@@ -7,7 +7,7 @@ use super::{
     Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while, str_value,
     tags,
 };
-use crate::aws::{AwsError, delete_bound, or_absent};
+use crate::aws::{AwsError, delete_bound};
 use crate::config::Config;
 
 const KIND: Kind = Kind::Vpc;
@@ -24,11 +24,8 @@ impl Resource for Vpc {
     }
 
     async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
-        let out = s.clients.ec2.describe_vpcs().vpc_ids(id).send().await;
-        let Some(out) = or_absent(out, &KIND.address(), "DescribeVpcs")? else {
-            return Ok(None);
-        };
-        let Some(v) = out.vpcs().first() else {
+        let Some(v) = describe_by_id!(s, KIND, describe_vpcs(vpc_ids = id), "DescribeVpcs", vpcs)
+        else {
             return Ok(None);
         };
         Ok(Some(Actual::from([
