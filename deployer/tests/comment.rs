@@ -140,6 +140,22 @@ fn comment_cli(api: &str, plan_file: &std::path::Path, pr: &str) -> Output {
         .expect("run deployer comment")
 }
 
+/// [`comment_cli`], insisting on success; the fake's comments after it.
+fn comment_ok<'a>(
+    api: &str,
+    plan_file: &std::path::Path,
+    pr: &str,
+    comments: &'a FakeComments,
+) -> std::sync::MutexGuard<'a, Vec<(u64, String)>> {
+    let out = comment_cli(api, plan_file, pr);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    comments.0.lock().expect("lock")
+}
+
 fn write_plan(dir: &tempfile::TempDir, p: &Plan) -> std::path::PathBuf {
     let f = dir.path().join("plan.json");
     std::fs::write(&f, serde_json::to_vec(p).expect("json")).expect("write plan");
@@ -152,14 +168,9 @@ async fn first_run_creates_a_comment_and_the_second_edits_it() {
     let dir = tempfile::tempdir().expect("tmp");
     let f = write_plan(&dir, &plan("shop", 3));
 
-    let out = comment_cli(&server.uri(), &f, "42");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     {
-        let c = comments.0.lock().expect("lock");
+        // The guard is dropped at the block's end: the fake takes the lock again.
+        let c = comment_ok(&server.uri(), &f, "42", &comments);
         assert_eq!(c.len(), 1);
         assert!(c[0].1.contains(&marker("shop")));
         assert!(
@@ -174,14 +185,9 @@ async fn first_run_creates_a_comment_and_the_second_edits_it() {
     }
 
     let f = write_plan(&dir, &plan("shop", 5));
-    let out = comment_cli(&server.uri(), &f, "42");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     {
-        let c = comments.0.lock().expect("lock");
+        // The guard is dropped at the block's end: the fake takes the lock again.
+        let c = comment_ok(&server.uri(), &f, "42", &comments);
         assert_eq!(c.len(), 1, "the second run edits, it does not add");
         assert!(c[0].1.contains("4 to add, 1 to change"), "{}", c[0].1);
     }

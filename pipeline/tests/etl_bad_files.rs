@@ -5,7 +5,9 @@ mod etl_common;
 
 use etl_common::{Bucket, count, database, fast_retry, loader, month_snapshot};
 use pipeline::etl::Month;
-use pipeline::runs::{self, Status};
+use pipeline::etl::load::Loader;
+use pipeline::runs::{self, RunSummary, Status};
+use sqlx::PgPool;
 
 const GOOD: &str = "idx,value,date,store_idx\n\
 1,1.5,2020-03-02,1\n\
@@ -15,6 +17,39 @@ const GOOD: &str = "idx,value,date,store_idx\n\
 5,5.5,2020-03-06,5\n";
 
 const STORES: &str = "idx,location\n1,New York\n2,Lisbon\n3,London\n4,Berlin\n5,Paris\n";
+
+/// A database, a bucket holding [`STORES`] and a loader between them, and the month
+/// every test loads: where each test starts.
+struct March {
+    _db: harness::TestDb,
+    pool: PgPool,
+    bucket: Bucket,
+    l: Loader,
+    march: Month,
+}
+
+impl March {
+    async fn new(bucket_prefix: &str) -> March {
+        let (_db, pool) = database().await;
+        let bucket = Bucket::new(bucket_prefix).await;
+        bucket.put("stores.csv", STORES).await;
+        let l = loader(&pool, bucket.source());
+        March {
+            _db,
+            pool,
+            bucket,
+            l,
+            march: "2020-03".parse().expect("month"),
+        }
+    }
+}
+
+/// Loads `month` with the tests' fast retries; its ledger row.
+async fn load(l: &Loader, month: Month) -> RunSummary {
+    runs::load_month(l, month, &fast_retry())
+        .await
+        .expect("ledger")
+}
 
 /// (case, file content, expected error fragments; empty = loads like GOOD)
 fn cases() -> Vec<(&'static str, Vec<u8>, Vec<&'static str>)> {
@@ -116,26 +151,24 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<&'static str>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_file_is_loaded_correctly_or_rejected_with_nothing_loaded() {
-    let (_db, pool) = database().await;
-    let bucket = Bucket::new("etl-badfiles").await;
-    bucket.put("stores.csv", STORES).await;
-    let l = loader(&pool, bucket.source());
-    let march: Month = "2020-03".parse().expect("month");
+    let March {
+        _db,
+        pool,
+        bucket,
+        l,
+        march,
+    } = March::new("etl-badfiles").await;
     let file = march.sales_file();
 
     // The month's previous version: the good file with other values.
     bucket.put(&file, GOOD.replace(".5,", ".25,")).await;
-    let s = runs::load_month(&l, march, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load(&l, march).await;
     assert_eq!(s.status, Status::Success, "{:?}", s.error);
     let previous = month_snapshot(&pool, "2020-03").await;
 
     // The good file itself, as the reference for the cases that must load.
     bucket.put(&file, GOOD).await;
-    let s = runs::load_month(&l, march, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load(&l, march).await;
     assert_eq!(s.status, Status::Success, "{:?}", s.error);
     let good = month_snapshot(&pool, "2020-03").await;
     assert_ne!(good, previous);
@@ -144,15 +177,11 @@ async fn each_bad_file_is_loaded_correctly_or_rejected_with_nothing_loaded() {
     for (case, content, expected) in cases() {
         // Start each case from the previous version of the month.
         bucket.put(&file, GOOD.replace(".5,", ".25,")).await;
-        let s = runs::load_month(&l, march, &fast_retry())
-            .await
-            .expect("ledger");
+        let s = load(&l, march).await;
         assert_eq!(s.status, Status::Success);
 
         bucket.put(&file, content).await;
-        let s = runs::load_month(&l, march, &fast_retry())
-            .await
-            .expect("ledger");
+        let s = load(&l, march).await;
         let now = month_snapshot(&pool, "2020-03").await;
         if expected.is_empty() {
             if s.status != Status::Success || now != good {
@@ -185,17 +214,17 @@ async fn each_bad_file_is_loaded_correctly_or_rejected_with_nothing_loaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_only_file_fails_the_row_count_check() {
-    let (_db, pool) = database().await;
-    let bucket = Bucket::new("etl-hdronly").await;
-    bucket.put("stores.csv", STORES).await;
-    let l = loader(&pool, bucket.source());
-    let march: Month = "2020-03".parse().expect("month");
+    let March {
+        _db,
+        pool,
+        bucket,
+        l,
+        march,
+    } = March::new("etl-hdronly").await;
     bucket
         .put(&march.sales_file(), "idx,value,date,store_idx\n")
         .await;
-    let s = runs::load_month(&l, march, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load(&l, march).await;
     assert_eq!(s.status, Status::Failed);
     let err = s.error.expect("error");
     assert!(err.contains("sales.row_count(>0)"), "{err}");
@@ -209,20 +238,20 @@ async fn a_header_only_file_fails_the_row_count_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_in_an_unknown_store_is_stopped_by_the_referential_check() {
-    let (_db, pool) = database().await;
-    let bucket = Bucket::new("etl-ref").await;
-    bucket.put("stores.csv", STORES).await;
-    let l = loader(&pool, bucket.source());
-    let march: Month = "2020-03".parse().expect("month");
+    let March {
+        _db,
+        pool,
+        bucket,
+        l,
+        march,
+    } = March::new("etl-ref").await;
     bucket
         .put(
             &march.sales_file(),
             GOOD.replace("2020-03-04,3", "2020-03-04,9"),
         )
         .await;
-    let s = runs::load_month(&l, march, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load(&l, march).await;
     assert_eq!(s.status, Status::Failed);
     let err = s.error.expect("error");
     assert!(
@@ -241,11 +270,14 @@ async fn a_sale_in_an_unknown_store_is_stopped_by_the_referential_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_key_in_another_chunk_is_caught_by_copy_and_mapped_to_its_line() {
-    let (_db, pool) = database().await;
-    let bucket = Bucket::new("etl-dupcopy").await;
-    bucket.put("stores.csv", STORES).await;
-    let l = loader(&pool, bucket.source()); // 4 KiB chunks: this file spans several
-    let march: Month = "2020-03".parse().expect("month");
+    // The loader reads 4 KiB chunks: this file spans several.
+    let March {
+        _db,
+        pool,
+        bucket,
+        l,
+        march,
+    } = March::new("etl-dupcopy").await;
     let mut text = String::from("idx,value,date,store_idx\n");
     for i in 0..1000 {
         // Line 702 repeats the idx of line 3 (idx 1), chunks apart.
@@ -259,9 +291,7 @@ async fn a_duplicate_key_in_another_chunk_is_caught_by_copy_and_mapped_to_its_li
     }
     assert!(text.len() > 3 * 4096);
     bucket.put(&march.sales_file(), text).await;
-    let s = runs::load_month(&l, march, &fast_retry())
-        .await
-        .expect("ledger");
+    let s = load(&l, march).await;
     assert_eq!(s.status, Status::Failed);
     let err = s.error.expect("error");
     assert!(err.contains("line 702, column 1 (idx)"), "{err}");
