@@ -20,14 +20,8 @@ mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 200); do
-    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listening on $1" >&2; return 1
-}
+# shellcheck source=bench/server/lib.sh disable=SC1091 # checked on its own
+. bench/server/lib.sh
 rps() { # port seconds
   BENCH_NAME=x wrk -t 2 -c "$CONNS" -d "${2}s" --latency -s bench/server/post.lua \
     "http://127.0.0.1:$1/predict" | grep '^{' | python3 -c 'import json,sys; print(json.load(sys.stdin)["rps"])'

@@ -44,14 +44,8 @@ fi
 MODELS=$OUT/models
 "$BIN/examples/bench_artifact" "$MODELS" >/dev/null
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 200); do
-    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listening on $1" >&2; return 1
-}
+# shellcheck source=bench/server/lib.sh disable=SC1091 # checked on its own
+. bench/server/lib.sh
 load() { # name port duration
   BENCH_NAME=$1 wrk -t "$THREADS" -c "$CONNS" -d "${3}s" --latency -s bench/server/post.lua \
     "http://127.0.0.1:$2/predict" > "$OUT/wrk-$1.txt"
