@@ -23,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -89,6 +89,13 @@ pub struct RouteSeries {
     ok: OnceLock<(&'static str, Counter)>,
 }
 
+/// Registers `metric` as `name` with its `help`, and returns it (the registry holds a
+/// handle to the same values).
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -97,81 +104,73 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by route, method and status",
-            requests.clone(),
-        );
-        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))) as fn() -> Histogram,
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time from request head to response, by route",
-            latency.clone(),
-        );
-        let predictions = Family::<LabelLabels, Counter>::default();
-        registry.register(
-            "predictions",
-            "Instances scored, by predicted label",
-            predictions.clone(),
-        );
-        let unknown_category = Counter::default();
-        registry.register(
-            "unknown_category",
-            "Instances whose attr_b was not seen in training (scored with the unknown bucket)",
-            unknown_category.clone(),
-        );
-        let model_info = Family::<VersionLabels, Gauge>::default();
-        registry.register(
-            "model_info",
-            "1 for the model version being served",
-            model_info.clone(),
-        );
-        let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "model_reloads",
-            "Model reload attempts, by result",
-            reloads.clone(),
-        );
-        let log_written = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "prediction_log_written",
-            "Prediction records written, by sink",
-            log_written.clone(),
-        );
-        let log_dropped = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "prediction_log_dropped",
-            "Prediction records dropped, by sink: its queue was full or closed, or the write failed",
-            log_dropped.clone(),
-        );
-        let tls_expiry = Gauge::default();
-        registry.register(
-            "tls_certificate_expiry_seconds",
-            "notAfter of the TLS certificate being served, in Unix seconds (0: none)",
-            tls_expiry.clone(),
-        );
-        let tls_renewals = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "tls_renewals",
-            "TLS certificate renewal attempts, by result",
-            tls_renewals.clone(),
-        );
+        let mut r = Registry::default();
+        // Fields are evaluated in the order written: the order of `/metrics`.
         Metrics {
-            registry,
-            requests,
-            latency,
-            predictions,
-            unknown_category,
-            model_info,
-            reloads,
-            log_written,
-            log_dropped,
-            tls_expiry,
-            tls_renewals,
+            requests: register(
+                &mut r,
+                "http_requests",
+                "HTTP requests answered, by route, method and status",
+                Family::default(),
+            ),
+            latency: register(
+                &mut r,
+                "http_request_duration_seconds",
+                "Time from request head to response, by route",
+                Family::new_with_constructor(
+                    (|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16)))
+                        as fn() -> Histogram,
+                ),
+            ),
+            predictions: register(
+                &mut r,
+                "predictions",
+                "Instances scored, by predicted label",
+                Family::default(),
+            ),
+            unknown_category: register(
+                &mut r,
+                "unknown_category",
+                "Instances whose attr_b was not seen in training (scored with the unknown bucket)",
+                Counter::default(),
+            ),
+            model_info: register(
+                &mut r,
+                "model_info",
+                "1 for the model version being served",
+                Family::default(),
+            ),
+            reloads: register(
+                &mut r,
+                "model_reloads",
+                "Model reload attempts, by result",
+                Family::default(),
+            ),
+            log_written: register(
+                &mut r,
+                "prediction_log_written",
+                "Prediction records written, by sink",
+                Family::default(),
+            ),
+            log_dropped: register(
+                &mut r,
+                "prediction_log_dropped",
+                "Prediction records dropped, by sink: its queue was full or closed, or the write failed",
+                Family::default(),
+            ),
+            tls_expiry: register(
+                &mut r,
+                "tls_certificate_expiry_seconds",
+                "notAfter of the TLS certificate being served, in Unix seconds (0: none)",
+                Gauge::default(),
+            ),
+            tls_renewals: register(
+                &mut r,
+                "tls_renewals",
+                "TLS certificate renewal attempts, by result",
+                Family::default(),
+            ),
+            registry: r,
             info_lock: Mutex::new(()),
             by_label: Default::default(),
         }
@@ -195,6 +194,14 @@ impl Metrics {
         status: u16,
         secs: f64,
     ) {
+        self.count_request(route, method, status);
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(secs);
+    }
+
+    /// One request answered, through the family (its labels hashed, its lock taken).
+    fn count_request(&self, route: &'static str, method: &'static str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
@@ -202,9 +209,6 @@ impl Metrics {
                 status,
             })
             .inc();
-        self.latency
-            .get_or_create(&RouteLabels { route })
-            .observe(secs);
     }
 
     /// [`Metrics::observe_request`] with the route's series kept in `cache` (one per
@@ -232,13 +236,7 @@ impl Metrics {
             }
         };
         if !counted {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    route,
-                    method,
-                    status,
-                })
-                .inc();
+            self.count_request(route, method, status);
         }
         cache
             .latency

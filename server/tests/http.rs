@@ -284,13 +284,7 @@ fn not_ready_without_a_model_then_ready_after_reload() {
 
     let version = publish(root.path(), 0.1, 0);
     let auth = format!("Bearer {token}");
-    let r = request(
-        s.port,
-        "POST",
-        "/admin/reload",
-        &[("Authorization", &auth)],
-        b"",
-    );
+    let r = s.reload(&auth);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["model_version"], version.as_str());
     assert_eq!(r.json()["previous_version"], serde_json::Value::Null);
@@ -306,63 +300,23 @@ fn admin_reload_needs_the_token() {
 
     let root = tempfile::tempdir().unwrap();
     publish(root.path(), 0.0, 0);
-    let token = harness::unique("tok");
-    let s = Server::start(
-        root.path().to_str().unwrap(),
-        &[],
-        &[("SERVER_ADMIN_TOKEN", token.clone())],
-    );
-    s.wait_ready(200);
+    let (s, token) = Server::start_with_admin_token(root.path());
     let r = s.post("/admin/reload", "");
     assert_json_error(&r, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     let wrong = format!("Bearer {token}x");
-    assert_json_error(
-        &request(
-            s.port,
-            "POST",
-            "/admin/reload",
-            &[("Authorization", &wrong)],
-            b"",
-        ),
-        401,
-    );
+    assert_json_error(&s.reload(&wrong), 401);
     let raw = token.clone();
-    assert_json_error(
-        &request(
-            s.port,
-            "POST",
-            "/admin/reload",
-            &[("Authorization", &raw)],
-            b"",
-        ),
-        401,
-    );
+    assert_json_error(&s.reload(&raw), 401);
     let right = format!("Bearer {token}");
-    assert_eq!(
-        request(
-            s.port,
-            "POST",
-            "/admin/reload",
-            &[("Authorization", &right)],
-            b""
-        )
-        .status,
-        200
-    );
+    assert_eq!(s.reload(&right).status, 200);
 }
 
 #[test]
 fn failed_reload_keeps_the_old_model_and_says_why() {
     let root = tempfile::tempdir().unwrap();
     let v1 = publish(root.path(), 0.0, 0);
-    let token = harness::unique("tok");
-    let s = Server::start(
-        root.path().to_str().unwrap(),
-        &[],
-        &[("SERVER_ADMIN_TOKEN", token.clone())],
-    );
-    s.wait_ready(200);
+    let (s, token) = Server::start_with_admin_token(root.path());
     // A new version whose parameters were tampered with after the checksums were made.
     let a = artifact(1.0, 60);
     let dir = a.save(root.path()).unwrap();
@@ -374,13 +328,7 @@ fn failed_reload_keeps_the_old_model_and_says_why() {
     std::fs::write(root.path().join("latest"), format!("{}\n", a.version())).unwrap();
 
     let auth = format!("Bearer {token}");
-    let r = request(
-        s.port,
-        "POST",
-        "/admin/reload",
-        &[("Authorization", &auth)],
-        b"",
-    );
+    let r = s.reload(&auth);
     assert_eq!(r.status, 409, "{}", r.body);
     let v = r.json();
     assert_eq!(v["model_version"], v1.as_str());

@@ -16,7 +16,6 @@ use common::*;
 #[test]
 fn reload_during_load_fails_no_request() {
     let root = tempfile::tempdir().unwrap();
-    let token = harness::unique("tok");
     let mut expected: BTreeMap<String, f64> = BTreeMap::new();
     let features = model::Features {
         attr_a: 1,
@@ -26,12 +25,7 @@ fn reload_during_load_fails_no_request() {
     };
     let v0 = publish(root.path(), 0.0, 0);
     expected.insert(v0, model(0.0).predict_proba(&features).unwrap());
-    let s = Server::start(
-        root.path().to_str().unwrap(),
-        &[],
-        &[("SERVER_ADMIN_TOKEN", token.clone())],
-    );
-    s.wait_ready(200);
+    let (s, token) = Server::start_with_admin_token(root.path());
 
     let stop = Arc::new(AtomicBool::new(false));
     let port = s.port;
@@ -98,13 +92,7 @@ fn reload_during_load_fails_no_request() {
                 std::thread::sleep(Duration::from_millis(10));
             }
         } else {
-            let r = request(
-                s.port,
-                "POST",
-                "/admin/reload",
-                &[("Authorization", &auth)],
-                b"",
-            );
+            let r = s.reload(&auth);
             assert_eq!(r.status, 200, "{}", r.body);
             assert_eq!(r.json()["model_version"], v.as_str());
         }

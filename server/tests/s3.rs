@@ -72,13 +72,7 @@ fn model_from_s3_latest_pinned_and_reloaded() {
     let a2 = artifact(0.5, 60);
     rt.block_on(upload(&c, &bucket, &a2, true));
     let auth = format!("Bearer {token}");
-    let r = request(
-        s.port,
-        "POST",
-        "/admin/reload",
-        &[("Authorization", &auth)],
-        b"",
-    );
+    let r = s.reload(&auth);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["previous_version"], a1.version());
     assert_eq!(
@@ -95,13 +89,7 @@ fn model_from_s3_latest_pinned_and_reloaded() {
         &format!("models/{}/model.json", a3.version()),
         b"{\"family\":\"logistic_regression\",\"weights\":[],\"intercept\":0}".to_vec(),
     ));
-    let r = request(
-        s.port,
-        "POST",
-        "/admin/reload",
-        &[("Authorization", &auth)],
-        b"",
-    );
+    let r = s.reload(&auth);
     assert_eq!(r.status, 409, "{}", r.body);
     let reason = r.json()["reason"].as_str().unwrap().to_string();
     assert!(

@@ -41,6 +41,19 @@ impl Server {
         }
     }
 
+    /// [`Server::start`] on the folder `model` with a fresh admin token, once ready
+    /// (`/readyz` 200); the server and its token.
+    pub fn start_with_admin_token(model: &std::path::Path) -> (Server, String) {
+        let token = harness::unique("tok");
+        let s = Server::start(
+            model.to_str().unwrap(),
+            &[],
+            &[("SERVER_ADMIN_TOKEN", token.clone())],
+        );
+        s.wait_ready(200);
+        (s, token)
+    }
+
     pub fn logs(&self) -> String {
         self.process.logs()
     }
@@ -51,6 +64,17 @@ impl Server {
 
     pub fn post(&self, path: &str, body: &str) -> Resp {
         request(self.port, "POST", path, &[], body.as_bytes())
+    }
+
+    /// `POST /admin/reload` with `authorization` as its `Authorization` header.
+    pub fn reload(&self, authorization: &str) -> Resp {
+        request(
+            self.port,
+            "POST",
+            "/admin/reload",
+            &[("Authorization", authorization)],
+            b"",
+        )
     }
 
     /// Waits until `/readyz` answers `want`.
