@@ -46,12 +46,7 @@ struct Env {
 async fn env(releases: &[&str]) -> Env {
     let s = setup(harness::cloud::shared().moto());
     let (model, model_version) = harness::artifact::promoted_dir();
-    let s2 = Setup {
-        moto: s.moto,
-        dir: s.dir.clone(),
-        config_path: s.config_path.clone(),
-        cfg: s.cfg.clone(),
-    };
+    let s2 = s.clone();
     let server = server_bin();
     let rels: Vec<String> = releases.iter().map(|r| r.to_string()).collect();
     let mv = model_version.clone();
@@ -89,18 +84,36 @@ async fn env(releases: &[&str]) -> Env {
 
 impl Env {
     async fn run(&self, args: Vec<String>) -> common::Run {
-        let s = Setup {
-            moto: self.s.moto,
-            dir: self.s.dir.clone(),
-            config_path: self.s.config_path.clone(),
-            cfg: self.s.cfg.clone(),
-        };
+        let s = self.s.clone();
         tokio::task::spawn_blocking(move || {
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             s.run(&a)
         })
         .await
         .unwrap()
+    }
+
+    /// `deploy --release <release>` to the `blue` and `green` endpoints ([`deploy_args`]).
+    async fn deploy(&self, release: &str, blue: &str, green: &str, extra: &[&str]) -> common::Run {
+        self.run(deploy_args(release, blue, green, extra)).await
+    }
+
+    /// [`Env::deploy`], insisting on success.
+    async fn deploy_ok(
+        &self,
+        release: &str,
+        blue: &str,
+        green: &str,
+        extra: &[&str],
+    ) -> common::Run {
+        let r = self.deploy(release, blue, green, extra).await;
+        assert_eq!(r.code, 0, "{}", r.all());
+        r
+    }
+
+    /// A server process of `release` on this env's model ([`serve`]).
+    fn serve(&self, release: &str) -> harness::ServerProcess {
+        serve(self.model.path(), release)
     }
 
     async fn state(&self) -> deployer::state::State {
@@ -128,6 +141,30 @@ impl Env {
             .collect()
     }
 
+    /// The Elastic IP's stand-in on loopback: forwards to `blue` or `green` as
+    /// `DescribeAddresses` shows the address moving, `delay` after each move.
+    async fn forwarder(
+        &self,
+        blue: &harness::ServerProcess,
+        green: &harness::ServerProcess,
+        delay: Duration,
+    ) -> deployer::forwarder::Forwarder {
+        let target =
+            |p: &harness::ServerProcess| deployer::health::Target::parse(&p.url(), false).unwrap();
+        deployer::forwarder::start(
+            self.s.clients().await,
+            deployer::forwarder::ForwarderConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                allocation: self.state().await.resources["aws_eip.api"].id.clone(),
+                endpoints: [(Color::Blue, target(blue)), (Color::Green, target(green))].into(),
+                delay,
+                poll: Duration::from_millis(100),
+            },
+        )
+        .await
+        .unwrap()
+    }
+
     async fn history(&self) -> Vec<deployer::history::Entry> {
         self.s.deployer().await.history().list().await.unwrap()
     }
@@ -138,17 +175,21 @@ fn args(a: &[&str]) -> Vec<String> {
 }
 
 fn deploy_args(release: &str, blue: &str, green: &str, extra: &[&str]) -> Vec<String> {
-    let mut v = args(&[
-        "deploy",
-        "--release",
-        release,
+    release_args(&["deploy", "--release", release], blue, green, extra)
+}
+
+/// `head` (`deploy --release r1`, `rollback`) to the `blue` and `green` endpoints,
+/// probed every 100 ms, for 15 s unless `extra` says otherwise.
+fn release_args(head: &[&str], blue: &str, green: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = args(head);
+    v.extend(args(&[
         "--endpoint",
         &format!("blue={blue}"),
         "--endpoint",
         &format!("green={green}"),
         "--probe-interval",
         "100ms",
-    ]);
+    ]));
     if !extra.contains(&"--health-deadline") {
         v.extend(args(&["--health-deadline", "15s"]));
     }
@@ -159,18 +200,16 @@ fn deploy_args(release: &str, blue: &str, green: &str, extra: &[&str]) -> Vec<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_deploy_moves_the_eip_and_the_old_colour_is_terminated_after_the_window() {
     let e = env(&["r1", "r2"]).await;
-    let blue = serve(e.model.path(), "r1");
-    let green = serve(e.model.path(), "r2");
+    let blue = e.serve("r1");
+    let green = e.serve("r2");
 
-    let first = e
-        .run(deploy_args(
-            "r1",
-            &blue.url(),
-            &green.url(),
-            &["--rollback-window", "1s"],
-        ))
-        .await;
-    assert_eq!(first.code, 0, "{}", first.all());
+    e.deploy_ok(
+        "r1",
+        &blue.url(),
+        &green.url(),
+        &["--rollback-window", "1s"],
+    )
+    .await;
     let st = e.state().await;
     assert_eq!(st.release.eip_holder, Some(Color::Blue));
     let blue_id = st.release.instances[&Color::Blue].instance_id.clone();
@@ -193,14 +232,13 @@ async fn good_deploy_moves_the_eip_and_the_old_colour_is_terminated_after_the_wi
 
     let t = Instant::now();
     let second = e
-        .run(deploy_args(
+        .deploy_ok(
             "r2",
             &blue.url(),
             &green.url(),
             &["--rollback-window", "2s"],
-        ))
+        )
         .await;
-    assert_eq!(second.code, 0, "{}", second.all());
     assert!(
         t.elapsed() >= Duration::from_secs(2),
         "the window was not kept"
@@ -238,24 +276,22 @@ async fn good_deploy_moves_the_eip_and_the_old_colour_is_terminated_after_the_wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_never_gets_ready_or_reports_the_wrong_version_is_abandoned() {
     let e = env(&["r1", "r2"]).await;
-    let blue = serve(e.model.path(), "r1");
-    let ok = e
-        .run(deploy_args("r1", &blue.url(), "http://127.0.0.1:1", &[]))
+    let blue = e.serve("r1");
+    e.deploy_ok("r1", &blue.url(), "http://127.0.0.1:1", &[])
         .await;
-    assert_eq!(ok.code, 0, "{}", ok.all());
     let blue_id = e.state().await.release.instances[&Color::Blue]
         .instance_id
         .clone();
 
     // Green answers, but with another release than the one deployed.
-    let wrong = serve(e.model.path(), "not-r2");
+    let wrong = e.serve("not-r2");
     let r = e
-        .run(deploy_args(
+        .deploy(
             "r2",
             &blue.url(),
             &wrong.url(),
             &["--health-deadline", "2s"],
-        ))
+        )
         .await;
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
@@ -267,12 +303,7 @@ async fn a_release_that_never_gets_ready_or_reports_the_wrong_version_is_abandon
     // Green never answers at all (nothing listens there).
     let dead = format!("http://127.0.0.1:{}", harness::free_port());
     let r2 = e
-        .run(deploy_args(
-            "r2",
-            &blue.url(),
-            &dead,
-            &["--health-deadline", "2s"],
-        ))
+        .deploy("r2", &blue.url(), &dead, &["--health-deadline", "2s"])
         .await;
     assert_ne!(r2.code, 0, "{}", r2.all());
     assert!(
@@ -303,31 +334,9 @@ async fn a_release_that_never_gets_ready_or_reports_the_wrong_version_is_abandon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_returns_the_fixed_endpoint_to_the_old_release() {
     let e = env(&["r1", "r2"]).await;
-    let blue = serve(e.model.path(), "r1");
-    let green = serve(e.model.path(), "r2");
-    let st_apply = e.state().await;
-    let fwd = deployer::forwarder::start(
-        e.s.clients().await,
-        deployer::forwarder::ForwarderConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            allocation: st_apply.resources["aws_eip.api"].id.clone(),
-            endpoints: [
-                (
-                    Color::Blue,
-                    deployer::health::Target::parse(&blue.url(), false).unwrap(),
-                ),
-                (
-                    Color::Green,
-                    deployer::health::Target::parse(&green.url(), false).unwrap(),
-                ),
-            ]
-            .into(),
-            delay: Duration::from_millis(300),
-            poll: Duration::from_millis(100),
-        },
-    )
-    .await
-    .unwrap();
+    let blue = e.serve("r1");
+    let green = e.serve("r2");
+    let fwd = e.forwarder(&blue, &green, Duration::from_millis(300)).await;
     let fixed = format!("http://{}", fwd.addr);
     let extra = [
         "--no-wait",
@@ -337,29 +346,23 @@ async fn rollback_returns_the_fixed_endpoint_to_the_old_release() {
         fixed.as_str(),
     ];
     for r in ["r1", "r2"] {
-        let d = e
-            .run(deploy_args(r, &blue.url(), &green.url(), &extra))
-            .await;
-        assert_eq!(d.code, 0, "{}", d.all());
+        e.deploy_ok(r, &blue.url(), &green.url(), &extra).await;
     }
     let port = fwd.addr.port();
     assert_eq!(release_at(port).as_deref(), Some("r2"));
 
-    let mut rb = args(&["rollback", "--endpoint"]);
-    rb.push(format!("blue={}", blue.url()));
-    rb.extend(args(&[
-        "--endpoint",
-        &format!("green={}", green.url()),
-        "--probe-interval",
-        "100ms",
-    ]));
-    rb.extend(args(&[
-        "--health-deadline",
-        "15s",
-        "--no-wait",
-        "--fixed-endpoint",
-        &fixed,
-    ]));
+    let rb = release_args(
+        &["rollback"],
+        &blue.url(),
+        &green.url(),
+        &[
+            "--health-deadline",
+            "15s",
+            "--no-wait",
+            "--fixed-endpoint",
+            &fixed,
+        ],
+    );
     let r = e.run(rb).await;
     assert_eq!(r.code, 0, "{}", r.all());
     // Verified through the fixed address before returning.
@@ -422,11 +425,9 @@ async fn probes_to_anything_but_loopback_are_refused() {
         "an instance was launched"
     );
     // status never probes the invented addresses either.
-    let blue = serve(e.model.path(), "r1");
-    let ok = e
-        .run(deploy_args("r1", &blue.url(), "http://127.0.0.1:1", &[]))
+    let blue = e.serve("r1");
+    e.deploy_ok("r1", &blue.url(), "http://127.0.0.1:1", &[])
         .await;
-    assert_eq!(ok.code, 0, "{}", ok.all());
     let st = e.run(args(&["status"])).await;
     assert_eq!(st.code, 0, "{}", st.all());
     assert!(st.stdout.contains("not probed"), "{}", st.all());
@@ -435,40 +436,15 @@ async fn probes_to_anything_but_loopback_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_through_the_forwarder_sees_no_failure_and_one_version_switch() {
     let e = env(&["r1", "r2"]).await;
-    let blue = serve(e.model.path(), "r1");
-    let mut green = serve(e.model.path(), "r2");
-    let first = e
-        .run(deploy_args("r1", &blue.url(), &green.url(), &[]))
-        .await;
-    assert_eq!(first.code, 0, "{}", first.all());
+    let blue = e.serve("r1");
+    let mut green = e.serve("r2");
+    e.deploy_ok("r1", &blue.url(), &green.url(), &[]).await;
     // Green's process stands in for an instance that does not exist yet: restart it
     // fresh so nothing but the forwarder's switch can route to it.
     green.stop();
-    let green = serve(e.model.path(), "r2");
-    let st = e.state().await;
+    let green = e.serve("r2");
     let delay = Duration::from_millis(1500);
-    let fwd = deployer::forwarder::start(
-        e.s.clients().await,
-        deployer::forwarder::ForwarderConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            allocation: st.resources["aws_eip.api"].id.clone(),
-            endpoints: [
-                (
-                    Color::Blue,
-                    deployer::health::Target::parse(&blue.url(), false).unwrap(),
-                ),
-                (
-                    Color::Green,
-                    deployer::health::Target::parse(&green.url(), false).unwrap(),
-                ),
-            ]
-            .into(),
-            delay,
-            poll: Duration::from_millis(100),
-        },
-    )
-    .await
-    .unwrap();
+    let fwd = e.forwarder(&blue, &green, delay).await;
     let port = fwd.addr.port();
 
     // A bounded load generator: 2 threads, one request per connection, at most 20k.
@@ -492,15 +468,13 @@ async fn load_through_the_forwarder_sees_no_failure_and_one_version_switch() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let fixed = format!("http://{}", fwd.addr);
-    let d = e
-        .run(deploy_args(
-            "r2",
-            &blue.url(),
-            &green.url(),
-            &["--rollback-window", "2s", "--fixed-endpoint", &fixed],
-        ))
-        .await;
-    assert_eq!(d.code, 0, "{}", d.all());
+    e.deploy_ok(
+        "r2",
+        &blue.url(),
+        &green.url(),
+        &["--rollback-window", "2s", "--fixed-endpoint", &fixed],
+    )
+    .await;
     // The old instance is terminated after the window: its process goes too.
     drop(blue);
     std::thread::sleep(Duration::from_millis(300));
@@ -531,18 +505,16 @@ async fn load_through_the_forwarder_sees_no_failure_and_one_version_switch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_redeploys_the_previous_release_when_its_instance_is_gone() {
     let e = env(&["r1", "r2"]).await;
-    let blue = serve(e.model.path(), "r1");
-    let green = serve(e.model.path(), "r2");
+    let blue = e.serve("r1");
+    let green = e.serve("r2");
     for r in ["r1", "r2"] {
-        let d = e
-            .run(deploy_args(
-                r,
-                &blue.url(),
-                &green.url(),
-                &["--no-wait", "--rollback-window", "10m"],
-            ))
-            .await;
-        assert_eq!(d.code, 0, "{}", d.all());
+        e.deploy_ok(
+            r,
+            &blue.url(),
+            &green.url(),
+            &["--no-wait", "--rollback-window", "10m"],
+        )
+        .await;
     }
     // The previous colour's instance dies during its window.
     let st = e.state().await;
@@ -552,17 +524,12 @@ async fn rollback_redeploys_the_previous_release_when_its_instance_is_gone() {
         .await
         .unwrap();
 
-    let mut rb = args(&["rollback", "--endpoint"]);
-    rb.push(format!("blue={}", blue.url()));
-    rb.extend(args(&[
-        "--endpoint",
-        &format!("green={}", green.url()),
-        "--probe-interval",
-        "100ms",
-        "--health-deadline",
-        "15s",
-        "--no-wait",
-    ]));
+    let rb = release_args(
+        &["rollback"],
+        &blue.url(),
+        &green.url(),
+        &["--health-deadline", "15s", "--no-wait"],
+    );
     let r = e.run(rb).await;
     assert_eq!(r.code, 0, "{}", r.all());
     let st = e.state().await;

@@ -105,6 +105,32 @@ async fn serve_config(ip: IpAddr, cfg: rustls::ServerConfig) -> SocketAddr {
     addr
 }
 
+/// A certificate for `ip` from Pebble, validated over HTTP-01 by a responder on `ip`;
+/// with the S3 client and the store that hold its account, and the ACME client.
+async fn issued(ip: IpAddr) -> (aws_sdk_s3::Client, TlsStore, Acme, StoredCert) {
+    let (s3, store) = store(ip).await;
+    let ch = responder(ip).await;
+    let acme = Acme::connect(config(ip), &store).await.unwrap();
+    let cert = acme.issue(&ch, None).await.unwrap();
+    (s3, store, acme, cert)
+}
+
+/// The object `key` of `store` is stored encrypted (SSE-S3).
+async fn assert_encrypted(s3: &aws_sdk_s3::Client, store: &TlsStore, key: &str) {
+    let head = s3
+        .head_object()
+        .bucket(store.bucket())
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&ServerSideEncryption::Aes256),
+        "{key}"
+    );
+}
+
 fn ip() -> IpAddr {
     IpAddr::V4(harness::pebble::unique_loopback_ip())
 }
@@ -112,12 +138,9 @@ fn ip() -> IpAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issues_an_ip_certificate_validated_over_http01_and_verifies_it() {
     let ip = ip();
-    let (s3, store) = store(ip).await;
-    let ch = responder(ip).await;
-    let acme = Acme::connect(config(ip), &store).await.unwrap();
-    // Pebble 2.4 advertises no profiles: the order goes without one.
+    let (s3, store, acme, cert) = issued(ip).await;
+    // Pebble 2.4 advertises no profiles: the order went without one.
     assert_eq!(acme.profile(), None);
-    let cert = acme.issue(&ch, None).await.unwrap();
 
     let info = cert.info().unwrap();
     assert_eq!(info.ip_sans, vec![ip]);
@@ -156,17 +179,7 @@ async fn issues_an_ip_certificate_validated_over_http01_and_verifies_it() {
     );
 
     // The account was stored encrypted, and a second connect restores the same one.
-    let head = s3
-        .head_object()
-        .bucket(store.bucket())
-        .key(store.account_key(&config(ip).directory_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        head.server_side_encryption(),
-        Some(&ServerSideEncryption::Aes256)
-    );
+    assert_encrypted(&s3, &store, &store.account_key(&config(ip).directory_url)).await;
     let again = Acme::connect(config(ip), &store).await.unwrap();
     assert_eq!(again.account_id(), acme.account_id());
 }
@@ -319,17 +332,7 @@ async fn two_renewers_one_acts_and_the_other_picks_up_its_certificate() {
     // The certificate is stored with its key, encrypted; a new process loads it at boot.
     let stored = store.load_cert().await.unwrap().unwrap();
     assert_eq!(stored.info().unwrap().serial, serial);
-    let head = s3
-        .head_object()
-        .bucket(store.bucket())
-        .key(store.key("certificate.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        head.server_side_encryption(),
-        Some(&ServerSideEncryption::Aes256)
-    );
+    assert_encrypted(&s3, &store, &store.key("certificate.json")).await;
     let rc = Arc::new(Recorder::default());
     let fresh = renewer("c", rc.clone());
     let info = fresh.load_stored().await.unwrap().unwrap();
@@ -412,10 +415,7 @@ async fn the_gate_dials_one_address_and_checks_the_identity_of_another() {
     // The deployer's gate dials the new instance's own address, while the certificate
     // is for the Elastic IP: the IP SAN is checked against the latter.
     let eip = ip();
-    let (_s3, store) = store(eip).await;
-    let ch = responder(eip).await;
-    let acme = Acme::connect(config(eip), &store).await.unwrap();
-    let cert = acme.issue(&ch, None).await.unwrap();
+    let (_s3, _store, _acme, cert) = issued(eip).await;
     let info = cert.info().unwrap();
     let instance = ip(); // another loopback address: the instance's own
     let dial = serve(instance, &cert).await;

@@ -115,21 +115,24 @@ impl Source {
         format!("{}/{rel}", self.describe().trim_end_matches('/'))
     }
 
-    /// Opens `rel` for streaming. A file that is not there is [`EtlError::Missing`].
-    pub async fn open(&self, rel: &str) -> Result<ObjectReader, EtlError> {
-        let location = self.location_of(rel);
+    /// Where `rel` is: its client, bucket and key in S3, or its path.
+    fn object(&self, rel: &str) -> Object<'_> {
         match self {
             Source::S3 {
                 client,
                 bucket,
                 prefix,
-            } => {
-                let out = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key(prefix, rel))
-                    .send()
-                    .await;
+            } => Object::S3(client, bucket, key(prefix, rel)),
+            Source::Dir(dir) => Object::File(dir.join(rel)),
+        }
+    }
+
+    /// Opens `rel` for streaming. A file that is not there is [`EtlError::Missing`].
+    pub async fn open(&self, rel: &str) -> Result<ObjectReader, EtlError> {
+        let location = self.location_of(rel);
+        match self.object(rel) {
+            Object::S3(client, bucket, key) => {
+                let out = client.get_object().bucket(bucket).key(key).send().await;
                 match out {
                     Ok(o) => Ok(ObjectReader {
                         len: o.content_length().and_then(|l| u64::try_from(l).ok()),
@@ -139,51 +142,39 @@ impl Source {
                     Err(e) => Err(classify_s3(&location, e)),
                 }
             }
-            Source::Dir(dir) => {
-                let path = dir.join(rel);
-                match tokio::fs::File::open(&path).await {
-                    Ok(f) => {
-                        let len = f.metadata().await.ok().map(|m| m.len());
-                        Ok(ObjectReader {
-                            len,
-                            inner: Inner::File(f),
-                            location,
-                        })
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        Err(EtlError::Missing { location })
-                    }
-                    Err(e) => Err(EtlError::Source {
+            Object::File(path) => match tokio::fs::File::open(&path).await {
+                Ok(f) => {
+                    let len = f.metadata().await.ok().map(|m| m.len());
+                    Ok(ObjectReader {
+                        len,
+                        inner: Inner::File(f),
                         location,
-                        message: e.to_string(),
-                        transient: false,
-                    }),
+                    })
                 }
-            }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(EtlError::Missing { location })
+                }
+                Err(e) => Err(io_error(&location, e)),
+            },
         }
     }
 
     /// Writes a whole object (the generator's output).
     pub async fn put(&self, rel: &str, data: Vec<u8>) -> Result<(), EtlError> {
         let location = self.location_of(rel);
-        match self {
-            Source::S3 {
-                client,
-                bucket,
-                prefix,
-            } => {
+        match self.object(rel) {
+            Object::S3(client, bucket, key) => {
                 client
                     .put_object()
                     .bucket(bucket)
-                    .key(key(prefix, rel))
+                    .key(key)
                     .body(ByteStream::from(data))
                     .send()
                     .await
                     .map_err(|e| classify_s3(&location, e))?;
                 Ok(())
             }
-            Source::Dir(dir) => {
-                let path = dir.join(rel);
+            Object::File(path) => {
                 if let Some(parent) = path.parent() {
                     tokio::fs::create_dir_all(parent)
                         .await
@@ -195,6 +186,12 @@ impl Source {
             }
         }
     }
+}
+
+/// One file of a [`Source`].
+enum Object<'a> {
+    S3(&'a aws_sdk_s3::Client, &'a str, String),
+    File(std::path::PathBuf),
 }
 
 fn io_error(location: &str, e: std::io::Error) -> EtlError {

