@@ -7,24 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{path_str, setup};
-
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(root).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_boot_script_installs_the_release_and_its_server_answers_on_loopback() {
@@ -41,23 +28,7 @@ async fn rendered_boot_script_installs_the_release_and_its_server_answers_on_loo
         .unwrap();
     // The model, where the instance's server reads it: s3://<artifacts>/models/.
     let (model, version) = harness::artifact::promoted_dir();
-    for f in files_under(model.path()) {
-        let rel = f
-            .strip_prefix(model.path())
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        d.clients
-            .s3
-            .put_object()
-            .bucket(&bucket)
-            .key(format!("models/{rel}"))
-            .body(std::fs::read(&f).unwrap().into())
-            .send()
-            .await
-            .unwrap();
-    }
+    harness::upload_dir(&d.clients.s3, &bucket, "models", model.path()).await;
     let server = harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"));
     let m = deployer::publish::publish(&d.clients, &bucket, "r1", &server, Some(&version))
         .await

@@ -13,7 +13,6 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,23 +23,6 @@ use harness::cloud::LocalCloud;
 
 fn cloud() -> &'static LocalCloud {
     harness::cloud::shared()
-}
-
-fn server_bin() -> PathBuf {
-    harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(root).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// One app on the shared local cloud: `init`, `apply`, the model in the artifact
@@ -62,17 +44,8 @@ impl App {
         app.ok(&["apply", "--auto-approve"]).await;
         let (model, model_version) = harness::artifact::promoted_dir();
         let s3 = app.s.clients().await.s3;
-        for f in files_under(model.path()) {
-            let rel = f.strip_prefix(model.path()).unwrap().to_str().unwrap();
-            s3.put_object()
-                .bucket(&app.s.cfg.artifacts.bucket)
-                .key(format!("models/{rel}"))
-                .body(std::fs::read(&f).unwrap().into())
-                .send()
-                .await
-                .unwrap();
-        }
-        let server = server_bin();
+        harness::upload_dir(&s3, &app.s.cfg.artifacts.bucket, "models", model.path()).await;
+        let server = harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"));
         for r in releases {
             app.ok(&[
                 "publish",
@@ -368,13 +341,7 @@ async fn an_instance_without_a_public_address_fails_at_the_gate_and_the_address_
         )
         .await;
     assert_ne!(r.code, 0, "{}", r.all());
-    let last = r
-        .stderr
-        .trim()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
+    let last = r.last_stderr_line();
     assert!(
         last.contains("release r2 abandoned on green")
             && last.contains("has no public address")

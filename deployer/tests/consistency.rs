@@ -99,16 +99,7 @@ async fn launch_bare_instance(s: &Setup) -> String {
 async fn first_apply_from_empty_succeeds_on_its_first_run() {
     let s = setup(cloud_moto());
     s.ok(&["init"]);
-    let applied = s.ok(&["apply", "--auto-approve"]);
-    assert!(
-        applied
-            .stdout
-            .contains("Apply complete! Resources: 13 added"),
-        "{}",
-        applied.all()
-    );
-    let plan = s.run(&["plan", "--detailed-exitcode"]);
-    assert_eq!(plan.code, 0, "converged:\n{}", plan.all());
+    s.apply_whole_stack();
     // Every resource was recorded with the attributes read back, none with `{}`.
     let state = s.deployer().await.read_state().await.expect("state");
     for (addr, r) in &state.resources {
@@ -230,13 +221,7 @@ async fn subnet_is_in_the_first_zone_offering_the_instance_type() {
     none.ok(&["init"]);
     let r = none.run(&["apply", "--auto-approve"]);
     assert_eq!(r.code, 1, "{}", r.all());
-    let last = r
-        .stderr
-        .trim()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
+    let last = r.last_stderr_line();
     assert!(
         last.contains("t3.nosuchsize")
             && last.contains("us-east-1")

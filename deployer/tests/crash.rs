@@ -6,16 +6,19 @@
 mod common;
 
 use aws_sdk_ec2::types::Filter;
-use common::{Setup, assert_state_matches_emulator, setup};
+use common::{Setup, assert_state_matches_emulator, ec2_ids, launch_spec, setup};
+use deployer::stack::Kind;
 
 /// The emulator with AWS's delays on (the shared local cloud's).
 fn cloud() -> &'static harness::Moto {
     harness::cloud::shared().moto()
 }
 
-/// Kills an apply at each of `points` in turn (each run resumes the previous one),
-/// then lets one finish.
-async fn crash_and_converge(s: &Setup, points: &[&str]) {
+/// On a new, initialised stack: kills an apply at each of `points` in turn (each run
+/// resumes the previous one), then lets one finish.
+async fn crash_and_converge(points: &[&str]) {
+    let s = &setup(cloud());
+    s.ok(&["init"]);
     for point in points {
         let run = s.start_until(
             &["apply", "--auto-approve", "--lock-timeout", "30s"],
@@ -35,67 +38,47 @@ async fn crash_and_converge(s: &Setup, points: &[&str]) {
 // The worst window: the resource exists in AWS, the state does not know it yet.
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_between_create_and_state_write_ec2_resources() {
-    let s = setup(cloud());
-    s.ok(&["init"]);
-    crash_and_converge(
-        &s,
-        &[
-            "after-create:aws_vpc.main",
-            "after-create:aws_subnet.main",
-            "after-create:aws_internet_gateway.main",
-            "after-create:aws_internet_gateway_attachment.main",
-        ],
-    )
+    crash_and_converge(&[
+        "after-create:aws_vpc.main",
+        "after-create:aws_subnet.main",
+        "after-create:aws_internet_gateway.main",
+        "after-create:aws_internet_gateway_attachment.main",
+    ])
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_between_create_and_state_write_routes_and_security_group() {
-    let s = setup(cloud());
-    s.ok(&["init"]);
-    crash_and_converge(
-        &s,
-        &[
-            "after-create:aws_route_table.main",
-            "after-create:aws_route.default",
-            "after-create:aws_route_table_association.main",
-            "after-create:aws_vpc_endpoint.s3",
-            "after-create:aws_security_group.api",
-        ],
-    )
+    crash_and_converge(&[
+        "after-create:aws_route_table.main",
+        "after-create:aws_route.default",
+        "after-create:aws_route_table_association.main",
+        "after-create:aws_vpc_endpoint.s3",
+        "after-create:aws_security_group.api",
+    ])
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_between_create_and_state_write_iam_and_eip() {
-    let s = setup(cloud());
-    s.ok(&["init"]);
-    crash_and_converge(
-        &s,
-        &[
-            "after-create:aws_iam_role.instance",
-            "after-create:aws_iam_role_policy.artifact_read",
-            "after-create:aws_iam_instance_profile.instance",
-            "after-create:aws_eip.api",
-        ],
-    )
+    crash_and_converge(&[
+        "after-create:aws_iam_role.instance",
+        "after-create:aws_iam_role_policy.artifact_read",
+        "after-create:aws_iam_instance_profile.instance",
+        "after-create:aws_eip.api",
+    ])
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_before_creates_and_after_state_writes() {
-    let s = setup(cloud());
-    s.ok(&["init"]);
-    crash_and_converge(
-        &s,
-        &[
-            "before-create:aws_vpc.main",
-            "after-record:aws_vpc.main",
-            "before-create:aws_route.default",
-            "after-record:aws_security_group.api",
-            "before-create:aws_eip.api",
-        ],
-    )
+    crash_and_converge(&[
+        "before-create:aws_vpc.main",
+        "after-record:aws_vpc.main",
+        "before-create:aws_route.default",
+        "after-record:aws_security_group.api",
+        "before-create:aws_eip.api",
+    ])
     .await;
 }
 
@@ -122,56 +105,16 @@ async fn assert_nothing_tagged_for_app(s: &Setup) {
     let c = s.clients().await;
     let f = |k: &str, v: &str| Filter::builder().name(k).values(v).build();
     let app = s.cfg.app.as_str();
-    assert!(
-        c.ec2
-            .describe_vpcs()
-            .filters(f("tag:app", app))
-            .send()
-            .await
-            .expect("vpcs")
-            .vpcs()
-            .is_empty()
-    );
-    assert!(
-        c.ec2
-            .describe_subnets()
-            .filters(f("tag:app", app))
-            .send()
-            .await
-            .expect("subnets")
-            .subnets()
-            .is_empty()
-    );
-    assert!(
-        c.ec2
-            .describe_internet_gateways()
-            .filters(f("tag:app", app))
-            .send()
-            .await
-            .expect("igws")
-            .internet_gateways()
-            .is_empty()
-    );
-    assert!(
-        c.ec2
-            .describe_route_tables()
-            .filters(f("tag:app", app))
-            .send()
-            .await
-            .expect("rtbs")
-            .route_tables()
-            .is_empty()
-    );
-    assert!(
-        c.ec2
-            .describe_security_groups()
-            .filters(f("tag:app", app))
-            .send()
-            .await
-            .expect("sgs")
-            .security_groups()
-            .is_empty()
-    );
+    for kind in [
+        Kind::Vpc,
+        Kind::Subnet,
+        Kind::InternetGateway,
+        Kind::RouteTable,
+        Kind::SecurityGroup,
+    ] {
+        let left = ec2_ids(&c, kind, vec![f("tag:app", app)]).await;
+        assert_eq!(left, Some(vec![]), "{kind:?} tagged for the app");
+    }
     assert!(
         c.ec2
             .describe_vpc_endpoints()
@@ -187,16 +130,8 @@ async fn assert_nothing_tagged_for_app(s: &Setup) {
                 .as_deref()
                 == Some("deleted"))
     );
-    assert!(
-        c.ec2
-            .describe_addresses()
-            .filters(f("tag:app", app))
-            .send()
-            .await
-            .expect("eips")
-            .addresses()
-            .is_empty()
-    );
+    let left = ec2_ids(&c, Kind::Eip, vec![f("tag:app", app)]).await;
+    assert_eq!(left, Some(vec![]), "Elastic IPs tagged for the app");
     assert!(
         c.iam
             .get_role()
@@ -312,16 +247,7 @@ async fn after_destroy_nothing_tagged_by_the_deployer_is_left() {
     for color in [deployer::state::Color::Blue, deployer::state::Color::Green] {
         deployer::instances::launch_instance(
             &d.clients,
-            &deployer::instances::LaunchSpec {
-                cfg: &d.cfg,
-                ami: &ami,
-                subnet_id: &state.resources["aws_subnet.main"].id,
-                security_group_id: &state.resources["aws_security_group.api"].id,
-                instance_profile: &state.resources["aws_iam_instance_profile.instance"].id,
-                user_data: "#!/bin/sh\n",
-                color,
-                release: "v1",
-            },
+            &launch_spec(&d, &state, &ami, "#!/bin/sh\n", color),
         )
         .await
         .expect("launch");

@@ -8,8 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::setup;
-use deployer::instances::{self, LaunchSpec};
+use common::{described_instance, launch_spec, setup};
+use deployer::instances;
 use harness::cloud::AwsBehaviour;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,16 +31,13 @@ async fn a_launch_right_after_apply_waits_for_the_profile_and_gets_a_public_addr
     let ami = instances::resolve_ami(&d.clients, &d.cfg.ami.selector())
         .await
         .expect("resolve");
-    let spec = LaunchSpec {
-        cfg: &d.cfg,
-        ami: &ami,
-        subnet_id: &state.resources["aws_subnet.main"].id,
-        security_group_id: &state.resources["aws_security_group.api"].id,
-        instance_profile: &state.resources["aws_iam_instance_profile.instance"].id,
-        user_data: "#!/bin/sh\necho hello\n",
-        color: deployer::state::Color::Blue,
-        release: "v1",
-    };
+    let spec = launch_spec(
+        &d,
+        &state,
+        &ami,
+        "#!/bin/sh\necho hello\n",
+        deployer::state::Color::Blue,
+    );
 
     // Without the propagation wait, the launch fails the way AWS fails it: this is
     // what every deploy right after an apply met.
@@ -63,15 +60,7 @@ async fn a_launch_right_after_apply_waits_for_the_profile_and_gets_a_public_addr
         "it can only have succeeded after the profile propagated"
     );
 
-    let out = d
-        .clients
-        .ec2
-        .describe_instances()
-        .instance_ids(&id)
-        .send()
-        .await
-        .expect("describe");
-    let inst = &out.reservations()[0].instances()[0];
+    let inst = &described_instance(&d.clients, &id).await;
     let public = inst
         .public_ip_address()
         .expect("the instance has a public address");

@@ -12,7 +12,7 @@ use deployer::config::Config;
 
 /// A configuration of its own (unique app, buckets, table) for one test, written from
 /// `deploy.example.toml` with only those names (and `extra` keys) overridden.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Setup {
     pub moto: &'static harness::Moto,
     pub dir: PathBuf,
@@ -106,6 +106,23 @@ impl Setup {
         r
     }
 
+    /// `apply --auto-approve` on an initialised, empty stack: insists that it adds the
+    /// whole stack and that the next plan has nothing to do. Returns the apply's run.
+    pub fn apply_whole_stack(&self) -> Run {
+        let applied = self.ok(&["apply", "--auto-approve"]);
+        assert!(
+            applied
+                .stdout
+                .contains("Apply complete! Resources: 13 added, 0 changed, 0 destroyed"),
+            "{}",
+            applied.all()
+        );
+        let again = self.run(&["plan", "--detailed-exitcode"]);
+        assert_eq!(again.code, 0, "no changes → exit 0:\n{}", again.all());
+        assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+        applied
+    }
+
     pub async fn clients(&self) -> Clients {
         Clients::from_sdk(&self.moto.sdk_config().await)
     }
@@ -195,6 +212,11 @@ impl From<Output> for Run {
 }
 
 impl Run {
+    /// The last line of stderr (empty when there is none): where an error is told.
+    pub fn last_stderr_line(&self) -> &str {
+        self.stderr.trim().lines().last().unwrap_or_default()
+    }
+
     pub fn all(&self) -> String {
         format!(
             "exit {}\n--- stdout\n{}\n--- stderr\n{}",
@@ -203,8 +225,84 @@ impl Run {
     }
 }
 
+/// The spec of one instance launched into the applied stack as `state` records it (its
+/// subnet, security group and instance profile), as release `v1`.
+pub fn launch_spec<'a>(
+    d: &'a deployer::Deployer,
+    state: &'a deployer::state::State,
+    ami: &'a deployer::instances::Ami,
+    user_data: &'a str,
+    color: deployer::state::Color,
+) -> deployer::instances::LaunchSpec<'a> {
+    deployer::instances::LaunchSpec {
+        cfg: &d.cfg,
+        ami,
+        subnet_id: &state.resources["aws_subnet.main"].id,
+        security_group_id: &state.resources["aws_security_group.api"].id,
+        instance_profile: &state.resources["aws_iam_instance_profile.instance"].id,
+        user_data,
+        color,
+        release: "v1",
+    }
+}
+
+/// The instance `id` as `DescribeInstances` shows it, read again for up to 30 s while
+/// the new id is unknown to it (as on AWS for a moment after the launch).
+pub async fn described_instance(c: &Clients, id: &str) -> aws_sdk_ec2::types::Instance {
+    let started = Instant::now();
+    let out = loop {
+        match c.ec2.describe_instances().instance_ids(id).send().await {
+            Ok(out) => break out,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("not visible yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("describe {id}: {e:?}"),
+        }
+    };
+    out.reservations()[0].instances()[0].clone()
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// The ids of the EC2 resources of `kind` that `filters` select (one `Describe*` call),
+/// for the kinds found by their tags (VPC, subnet, gateway, route table, security
+/// group, Elastic IP); `None` for the others.
+pub async fn ec2_ids(
+    c: &Clients,
+    kind: deployer::stack::Kind,
+    filters: Vec<aws_sdk_ec2::types::Filter>,
+) -> Option<Vec<String>> {
+    use deployer::stack::Kind;
+    macro_rules! ids {
+        ($describe:ident, $list:ident, $id:ident) => {
+            c.ec2
+                .$describe()
+                .set_filters(Some(filters))
+                .send()
+                .await
+                .expect(stringify!($describe))
+                .$list()
+                .iter()
+                .filter_map(|v| v.$id().map(String::from))
+                .collect()
+        };
+    }
+    Some(match kind {
+        Kind::Vpc => ids!(describe_vpcs, vpcs, vpc_id),
+        Kind::Subnet => ids!(describe_subnets, subnets, subnet_id),
+        Kind::InternetGateway => ids!(
+            describe_internet_gateways,
+            internet_gateways,
+            internet_gateway_id
+        ),
+        Kind::RouteTable => ids!(describe_route_tables, route_tables, route_table_id),
+        Kind::SecurityGroup => ids!(describe_security_groups, security_groups, group_id),
+        Kind::Eip => ids!(describe_addresses, addresses, allocation_id),
+        _ => return None,
+    })
 }
 
 /// Checks that the emulator holds exactly the resources the state names, one to one:
@@ -228,86 +326,12 @@ pub async fn assert_state_matches_emulator(s: &Setup) -> deployer::state::State 
             .get(&addr)
             .map(|r| r.id.clone())
             .expect(&addr);
-        let tagged: Option<Vec<String>> = match kind {
-            Kind::Vpc => Some(
-                c.ec2
-                    .describe_vpcs()
-                    .filters(f("tag:app", app))
-                    .filters(f(&format!("tag:{ADDRESS_TAG}"), &addr))
-                    .send()
-                    .await
-                    .expect("describe")
-                    .vpcs()
-                    .iter()
-                    .filter_map(|v| v.vpc_id().map(String::from))
-                    .collect(),
-            ),
-            Kind::Subnet => Some(
-                c.ec2
-                    .describe_subnets()
-                    .filters(f("tag:app", app))
-                    .filters(f(&format!("tag:{ADDRESS_TAG}"), &addr))
-                    .send()
-                    .await
-                    .expect("describe")
-                    .subnets()
-                    .iter()
-                    .filter_map(|v| v.subnet_id().map(String::from))
-                    .collect(),
-            ),
-            Kind::InternetGateway => Some(
-                c.ec2
-                    .describe_internet_gateways()
-                    .filters(f("tag:app", app))
-                    .filters(f(&format!("tag:{ADDRESS_TAG}"), &addr))
-                    .send()
-                    .await
-                    .expect("describe")
-                    .internet_gateways()
-                    .iter()
-                    .filter_map(|v| v.internet_gateway_id().map(String::from))
-                    .collect(),
-            ),
-            Kind::RouteTable => Some(
-                c.ec2
-                    .describe_route_tables()
-                    .filters(f("tag:app", app))
-                    .filters(f(&format!("tag:{ADDRESS_TAG}"), &addr))
-                    .send()
-                    .await
-                    .expect("describe")
-                    .route_tables()
-                    .iter()
-                    .filter_map(|v| v.route_table_id().map(String::from))
-                    .collect(),
-            ),
-            Kind::SecurityGroup => Some(
-                c.ec2
-                    .describe_security_groups()
-                    .filters(f("tag:app", app))
-                    .filters(f(&format!("tag:{ADDRESS_TAG}"), &addr))
-                    .send()
-                    .await
-                    .expect("describe")
-                    .security_groups()
-                    .iter()
-                    .filter_map(|v| v.group_id().map(String::from))
-                    .collect(),
-            ),
-            Kind::Eip => Some(
-                c.ec2
-                    .describe_addresses()
-                    .filters(f("tag:app", app))
-                    .send()
-                    .await
-                    .expect("describe")
-                    .addresses()
-                    .iter()
-                    .filter_map(|v| v.allocation_id().map(String::from))
-                    .collect(),
-            ),
-            _ => None,
-        };
+        // The Elastic IP is looked up by the app's tag alone.
+        let mut filters = vec![f("tag:app", app)];
+        if kind != Kind::Eip {
+            filters.push(f(&format!("tag:{ADDRESS_TAG}"), &addr));
+        }
+        let tagged = ec2_ids(c, kind, filters).await;
         if let Some(tagged) = tagged {
             assert_eq!(
                 tagged,
