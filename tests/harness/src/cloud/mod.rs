@@ -375,6 +375,12 @@ impl LocalCloud {
         self.lock().instances.get(id).map(|i| i.standin)
     }
 
+    /// What the runner did and every error it met (instances taken on, stopped, not
+    /// yet taken on and why), one timestamped line each.
+    pub fn runner_log(&self) -> PathBuf {
+        self.sandbox.join("runner.log")
+    }
+
     /// Where instance `id`'s boot output goes (its user data's stdout and stderr, and
     /// the runner's notes, such as why it has no route).
     pub fn boot_log(&self, id: &str) -> PathBuf {

@@ -125,6 +125,7 @@ pub(crate) fn run(ctx: Context, mut stopped: tokio::sync::watch::Receiver<bool>)
             .await;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let mut state = Runner {
+            log: ctx.sandbox.join("runner.log"),
             // Two clouds on one machine (tests in parallel, a demo beside them) start
             // far apart, and skip addresses someone else serves on.
             next_standin: rand::random_range(2..0xFF00),
@@ -137,7 +138,7 @@ pub(crate) fn run(ctx: Context, mut stopped: tokio::sync::watch::Receiver<bool>)
         };
         loop {
             if let Err(e) = state.tick(&ctx, &ec2).await {
-                tracing::warn!("local cloud: {e}");
+                note(&state.log, &format!("tick failed: {e}"));
             }
             tokio::select! {
                 _ = stopped.changed() => break,
@@ -158,6 +159,9 @@ pub(crate) fn run(ctx: Context, mut stopped: tokio::sync::watch::Receiver<bool>)
 }
 
 struct Runner {
+    /// `<sandbox>/runner.log`: what the runner did and every error it met (the demo
+    /// and the tests show it when an instance does not come up).
+    log: PathBuf,
     next_standin: u32,
     last_map: String,
     forwarders: eip::Forwarders,
@@ -188,7 +192,7 @@ impl Runner {
             if s.state == "running" && !known {
                 // Tried again at the next tick if the emulator is not ready for it.
                 if let Err(e) = self.take_on(ctx, ec2, s).await {
-                    tracing::warn!("local cloud: {}: {e}", s.id);
+                    note(&self.log, &format!("{}: not taken on yet: {e}", s.id));
                 }
             } else if known {
                 let mut shared = lock(&ctx.shared);
@@ -197,7 +201,7 @@ impl Runner {
                     i.public_ip.clone_from(&s.public_ip);
                     i.private_ip.clone_from(&s.private_ip);
                     if s.state != "running" && s.state != "pending" && i.alive() {
-                        tracing::info!("local cloud: {} is {}: stopping it", s.id, s.state);
+                        note(&self.log, &format!("{} is {}: stopping it", s.id, s.state));
                         i.stop();
                         stopped = true;
                     }
@@ -213,6 +217,10 @@ impl Runner {
             let mut stopped = false;
             for (id, i) in shared.instances.iter_mut() {
                 if !ids.contains(id.as_str()) && i.alive() {
+                    note(
+                        &self.log,
+                        &format!("{id} is no longer listed by DescribeInstances: stopping it"),
+                    );
                     i.stop();
                     stopped = true;
                 }
@@ -243,7 +251,20 @@ impl Runner {
     /// A stand-in address no live instance or Elastic IP of this cloud uses, where
     /// nothing else on the machine listens on any of `ports` either.
     fn allocate_standin(&mut self, shared: &Shared, ports: &[u16]) -> Ipv4Addr {
-        loop {
+        // Bounded: after one full round without an address free on the machine (say,
+        // something listens on 0.0.0.0 on one of the ports), the next one this cloud
+        // does not use is taken anyway, and the runner says so.
+        let mut check_machine = true;
+        for tried in 0u32.. {
+            if tried == 0xFFFF {
+                check_machine = false;
+                note(
+                    &self.log,
+                    &format!(
+                        "no stand-in address is free on the machine for ports {ports:?}: taking one anyway"
+                    ),
+                );
+            }
             let n = self.next_standin;
             self.next_standin = if n >= 0xFFFE { 2 } else { n + 1 };
             let ip = Ipv4Addr::new(127, 77, (n >> 8) as u8, (n & 0xFF) as u8);
@@ -252,10 +273,15 @@ impl Runner {
                 .values()
                 .any(|i| i.standin == ip && i.alive())
                 || shared.eips.contains_key(&ip);
-            if !taken && (n & 0xFF) != 0 && (n & 0xFF) != 255 && free_on(ip, ports) {
+            if !taken
+                && (n & 0xFF) != 0
+                && (n & 0xFF) != 255
+                && (!check_machine || free_on(ip, ports))
+            {
                 return ip;
             }
         }
+        unreachable!("the loop returns within two rounds")
     }
 
     /// A new running instance: read its user data and its route, then boot it.
@@ -310,7 +336,10 @@ impl Runner {
             );
             standin
         };
-        tracing::info!("local cloud: {} runs: booting it on {standin}", s.id);
+        note(
+            &self.log,
+            &format!("{} runs: booting it on {standin}", s.id),
+        );
         let boot = Boot {
             ctx: ctx.clone(),
             id: s.id.clone(),
@@ -352,6 +381,19 @@ impl Runner {
 
 /// Whether no other process serves on `ip` on any of `ports` (only "address in use"
 /// counts: a privileged port this process may not bind is not taken).
+/// Appends a timestamped line to the runner's log (and logs it through `tracing`).
+fn note(log: &Path, line: &str) {
+    tracing::info!("local cloud: {line}");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
+        use std::io::Write as _;
+        let _ = writeln!(f, "{stamp:.3} {line}");
+    }
+}
+
 fn free_on(ip: Ipv4Addr, ports: &[u16]) -> bool {
     ports
         .iter()

@@ -32,6 +32,13 @@ impl<'a> SaveLogs<'a> {
     /// Copies what there is; returns the copies' paths.
     pub fn save(&self) -> Vec<PathBuf> {
         let mut saved = Vec::new();
+        let runner_log = self.cloud.runner_log();
+        if runner_log.is_file() && std::fs::create_dir_all(&self.out).is_ok() {
+            let dst = self.out.join("runner.log");
+            if std::fs::copy(&runner_log, &dst).is_ok() {
+                saved.push(dst);
+            }
+        }
         for id in instance_ids(self.cloud) {
             let from = self.cloud.boot_log(&id);
             let Some(from_dir) = from.parent() else {

@@ -81,6 +81,16 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            // What the local cloud's runner saw, for an instance that did not come up.
+            let out = std::env::var("DEMO_OUT").unwrap_or_else(|_| "out/demo".into());
+            let log = PathBuf::from(out).join("instances/runner.log");
+            if let Ok(text) = std::fs::read_to_string(&log) {
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("the local cloud's runner ({}), last lines:", log.display());
+                for l in &lines[lines.len().saturating_sub(20)..] {
+                    eprintln!("  {l}");
+                }
+            }
             std::process::ExitCode::FAILURE
         }
     }
