@@ -72,7 +72,13 @@ impl App {
     /// Runs the deployer and insists on success at the first try.
     async fn ok(&self, args: &[&str]) -> Run {
         let r = self.run_env(args, &[]).await;
-        assert_eq!(r.code, 0, "deployer {args:?} failed:\n{}", r.all());
+        assert_eq!(
+            r.code,
+            0,
+            "deployer {args:?} failed:\n{}\n--- the local cloud's runner\n{}",
+            r.all(),
+            std::fs::read_to_string(cloud().runner_log()).unwrap_or_default()
+        );
         r
     }
 

@@ -126,6 +126,7 @@ pub(crate) fn run(ctx: Context, mut stopped: tokio::sync::watch::Receiver<bool>)
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let mut state = Runner {
             log: ctx.sandbox.join("runner.log"),
+            missed: BTreeMap::new(),
             // Two clouds on one machine (tests in parallel, a demo beside them) start
             // far apart, and skip addresses someone else serves on.
             next_standin: rand::random_range(2..0xFF00),
@@ -162,6 +163,8 @@ struct Runner {
     /// `<sandbox>/runner.log`: what the runner did and every error it met (the demo
     /// and the tests show it when an instance does not come up).
     log: PathBuf,
+    /// How many listings in a row have missed each instance taken on.
+    missed: BTreeMap<String, u32>,
     next_standin: u32,
     last_map: String,
     forwarders: eip::Forwarders,
@@ -212,14 +215,31 @@ impl Runner {
             }
         }
         {
-            // Gone from the emulator altogether (a reset): stop it too.
+            // Gone from the emulator altogether (a reset): stop it too, once it has
+            // been missing for MISSED_LISTINGS listings in a row (about 5 s). A
+            // listing is eventually consistent too: the wrapped emulator has been
+            // seen answering an empty DescribeInstances for ~0.6 s right after it
+            // listed a new instance (cause not found), and that must not kill a boot.
             let mut shared = lock(&ctx.shared);
             let mut stopped = false;
             for (id, i) in shared.instances.iter_mut() {
-                if !ids.contains(id.as_str()) && i.alive() {
+                if ids.contains(id.as_str()) || !i.alive() {
+                    self.missed.remove(id);
+                    continue;
+                }
+                let n = self.missed.entry(id.clone()).or_insert(0);
+                *n += 1;
+                note(
+                    &self.log,
+                    &format!(
+                        "{id} is not listed by DescribeInstances ({n} in a row; the listing had {} instances)",
+                        seen.len()
+                    ),
+                );
+                if *n >= MISSED_LISTINGS {
                     note(
                         &self.log,
-                        &format!("{id} is no longer listed by DescribeInstances: stopping it"),
+                        &format!("{id} is gone from the emulator: stopping it"),
                     );
                     i.stop();
                     stopped = true;
@@ -381,6 +401,10 @@ impl Runner {
 
 /// Whether no other process serves on `ip` on any of `ports` (only "address in use"
 /// counts: a privileged port this process may not bind is not taken).
+/// How many listings in a row must miss an instance before the runner takes it for
+/// gone (at the default 200 ms poll: about 5 s).
+const MISSED_LISTINGS: u32 = 25;
+
 /// Appends a timestamped line to the runner's log (and logs it through `tracing`).
 fn note(log: &Path, line: &str) {
     tracing::info!("local cloud: {line}");
