@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -133,23 +132,7 @@ impl App {
 
 /// The release `/version` reports at `ip:port`, `None` when the request fails.
 fn release_at(ip: IpAddr, port: u16) -> Option<String> {
-    assert!(ip.is_loopback(), "only loopback is ever a target, not {ip}");
-    let mut s =
-        TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /version HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    if head.split_whitespace().nth(1) != Some("200") {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    v["release"].as_str().map(String::from)
+    common::version_at(ip, port).map(|(release, _)| release)
 }
 
 /// Waits until the Elastic IP's address serves `release` (the move propagates).

@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::{Setup, path_str, setup_with};
+use common::{Setup, path_str, setup_with, version_at};
 
 fn cloud() -> &'static harness::cloud::LocalCloud {
     harness::cloud::shared()
@@ -43,26 +42,6 @@ async fn put_model(s: &Setup, b: f64, secs: u64, promote: bool) -> String {
             .unwrap();
     }
     v
-}
-
-fn version_at(ip: IpAddr, port: u16) -> Option<(String, String)> {
-    assert!(ip.is_loopback(), "only loopback is ever a target, not {ip}");
-    let mut s =
-        TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /version HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (_, body) = buf.split_once("\r\n\r\n")?;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    Some((
-        v["release"].as_str()?.to_string(),
-        v["model_version"].as_str()?.to_string(),
-    ))
 }
 
 /// Waits for the Elastic IP's move to reach traffic.

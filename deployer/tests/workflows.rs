@@ -11,14 +11,15 @@
 //! is compiled: `cargo build` steps link those binaries.
 #![allow(clippy::unwrap_used)]
 
+mod common;
 mod gha;
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::version_at;
 use deployer::aws::Clients;
 use deployer::config::Config;
 use gha::{Outcome, Runner, Workflow};
@@ -272,30 +273,6 @@ impl Production {
             scratch,
         }
     }
-}
-
-/// `(release, model_version)` from `/version` at `ip:port`, `None` when it fails.
-fn version_at(ip: IpAddr, port: u16) -> Option<(String, String)> {
-    assert!(ip.is_loopback(), "only loopback is ever a target, not {ip}");
-    let mut s =
-        TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /version HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    if head.split_whitespace().nth(1) != Some("200") {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    Some((
-        v["release"].as_str()?.to_string(),
-        v["model_version"].as_str().unwrap_or_default().to_string(),
-    ))
 }
 
 /// Waits (the Elastic IP's move propagates) until `ip:port` reports `want`; returns

@@ -408,3 +408,32 @@ pub async fn assert_state_matches_emulator(s: &Setup) -> deployer::state::State 
     assert_eq!(subnets.subnets().len(), 1, "subnets in the VPC");
     state
 }
+
+/// `(release, model_version)` from `GET /version` at `ip:port` (the model `""` when the
+/// server reports none), `None` when the request fails or is not a 200. Loopback only.
+pub fn version_at(ip: std::net::IpAddr, port: u16) -> Option<(String, String)> {
+    use std::io::{Read as _, Write as _};
+    assert!(ip.is_loopback(), "only loopback is ever a target, not {ip}");
+    let mut s = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::new(ip, port),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /version HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some((
+        v["release"].as_str()?.to_string(),
+        v["model_version"].as_str().unwrap_or_default().to_string(),
+    ))
+}
