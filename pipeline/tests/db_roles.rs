@@ -5,43 +5,14 @@
 
 use std::process::Command;
 use std::str::FromStr as _;
-use std::sync::OnceLock;
 
-use pipeline::db::{self, UserChange, UserSpec};
+use pipeline::db::{self, UserChange};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 
-/// Roles are cluster-wide and the cluster is shared by this binary's tests, so they all
-/// use the same generated passwords.
-fn passwords() -> &'static (String, String) {
-    static PW: OnceLock<(String, String)> = OnceLock::new();
-    PW.get_or_init(|| (harness::unique("ds-pw"), harness::unique("mle-pw")))
-}
+mod db_common;
 
-fn specs() -> Vec<UserSpec> {
-    let (ds, mle) = passwords();
-    vec![
-        UserSpec {
-            name: db::DS_USER,
-            group: db::DS_ROLE,
-            password: ds.clone(),
-        },
-        UserSpec {
-            name: db::MLE_USER,
-            group: db::MLE_ROLE,
-            password: mle.clone(),
-        },
-    ]
-}
-
-/// A fresh database, migrated, with the users in place; returns it with an owner pool.
-async fn prepared() -> (harness::TestDb, PgPool) {
-    let tdb = harness::postgres().database();
-    let pool = db::connect(&tdb.url()).await.expect("connect as owner");
-    db::migrate(&pool).await.expect("migrate");
-    db::ensure_users(&pool, &specs()).await.expect("users");
-    (tdb, pool)
-}
+use db_common::{passwords, prepared, specs};
 
 async fn connect_as(tdb: &harness::TestDb, user: &str, password: &str) -> PgPool {
     db::connect(&tdb.url_as(user, password))

@@ -4,10 +4,9 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use model::Features;
-use pipeline::db::{self, UserSpec};
+use pipeline::db;
 use pipeline::train::{self, Location, Store, metrics};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use sqlx::postgres::PgPool;
@@ -16,33 +15,13 @@ use sqlx::postgres::PgPool;
 const ROWS: usize = 25_000;
 const UNLABELLED: usize = 300;
 
-/// Roles are cluster-wide and shared by this binary's tests: one generated password.
+mod db_common;
+
+use db_common::{passwords, prepared};
+
+/// `ds_user`'s password.
 fn ds_password() -> &'static str {
-    static PW: OnceLock<String> = OnceLock::new();
-    PW.get_or_init(|| harness::unique("ds-train-pw"))
-}
-
-fn specs() -> Vec<UserSpec> {
-    vec![
-        UserSpec {
-            name: db::DS_USER,
-            group: db::DS_ROLE,
-            password: ds_password().to_string(),
-        },
-        UserSpec {
-            name: db::MLE_USER,
-            group: db::MLE_ROLE,
-            password: harness::unique("mle-train-pw"),
-        },
-    ]
-}
-
-async fn prepared() -> (harness::TestDb, PgPool) {
-    let tdb = harness::postgres().database();
-    let pool = db::connect(&tdb.url()).await.expect("connect as owner");
-    db::migrate(&pool).await.expect("migrate");
-    db::ensure_users(&pool, &specs()).await.expect("users");
-    (tdb, pool)
+    &passwords().0
 }
 
 fn ds_url(tdb: &harness::TestDb) -> String {
