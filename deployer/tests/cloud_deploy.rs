@@ -14,7 +14,7 @@ mod common;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use common::{Run, Setup, path_str, setup_with};
@@ -83,17 +83,7 @@ impl App {
 
     /// `deploy` / `rollback` arguments: the production probe path through the map.
     fn release_args<'a>(&'a self, head: &[&'a str]) -> Vec<&'a str> {
-        let mut a = head.to_vec();
-        a.extend([
-            "--address-map",
-            path_str(cloud().address_map_path()),
-            "--probe-interval",
-            "200ms",
-            "--health-deadline",
-            "90s",
-            "--no-wait",
-        ]);
-        a
+        common::release_args(cloud().address_map_path(), head)
     }
 
     async fn state(&self) -> deployer::state::State {
@@ -137,18 +127,7 @@ fn release_at(ip: IpAddr, port: u16) -> Option<String> {
 
 /// Waits until the Elastic IP's address serves `release` (the move propagates).
 fn wait_serving(ip: IpAddr, port: u16, release: &str) {
-    let start = Instant::now();
-    loop {
-        let now = release_at(ip, port);
-        if now.as_deref() == Some(release) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{ip}:{port} serves {now:?}, not {release}, 30 s on"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::assert_serving(ip, port, release, None);
 }
 
 /// What the app left behind in the account: live instances, addresses, VPCs, its IAM

@@ -2,70 +2,20 @@
 //! pull request's comments and records every request (there is no GitHub here).
 
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use deployer::github::{COMMENT_LIMIT, marker, render_comment};
 use deployer::plan::{Action, AttrChange, Change, Operation, PLAN_FORMAT, Plan, Summary};
-use serde_json::{Value, json};
-use wiremock::matchers::{method, path_regex};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use serde_json::json;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// The comments of one pull request, as GitHub would keep them.
-#[derive(Clone, Default)]
-struct FakeComments(Arc<Mutex<Vec<(u64, String)>>>);
+mod common;
 
-impl Respond for FakeComments {
-    fn respond(&self, req: &Request) -> ResponseTemplate {
-        let mut comments = self.0.lock().expect("lock");
-        let path = req.url.path().to_string();
-        let body = || -> String {
-            serde_json::from_slice::<Value>(&req.body)
-                .ok()
-                .and_then(|v| v["body"].as_str().map(str::to_string))
-                .unwrap_or_default()
-        };
-        let as_json = |id: u64, b: &str| json!({ "id": id, "body": b, "user": { "login": "github-actions[bot]" } });
-        match (req.method.as_str(), path.contains("/issues/comments/")) {
-            ("GET", false) => {
-                let list: Vec<Value> = comments.iter().map(|(id, b)| as_json(*id, b)).collect();
-                ResponseTemplate::new(200).set_body_json(list)
-            }
-            ("POST", false) => {
-                let id = 1000 + comments.len() as u64;
-                let b = body();
-                comments.push((id, b.clone()));
-                ResponseTemplate::new(201).set_body_json(as_json(id, &b))
-            }
-            ("PATCH", true) => {
-                let id: u64 = path
-                    .rsplit('/')
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                match comments.iter_mut().find(|(i, _)| *i == id) {
-                    Some(c) => {
-                        c.1 = body();
-                        ResponseTemplate::new(200).set_body_json(as_json(id, &c.1))
-                    }
-                    None => {
-                        ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"}))
-                    }
-                }
-            }
-            _ => ResponseTemplate::new(405).set_body_json(json!({"message": "unexpected"})),
-        }
-    }
-}
+use common::github::Comments as FakeComments;
 
 async fn fake_github() -> (MockServer, FakeComments) {
-    let server = MockServer::start().await;
-    let comments = FakeComments::default();
-    Mock::given(path_regex(r"^/repos/acme/shop/issues/.*"))
-        .respond_with(comments.clone())
-        .mount(&server)
-        .await;
-    (server, comments)
+    common::github::start().await
 }
 
 #[test]

@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 
 use common::{Setup, path_str, setup_with, version_at};
 
@@ -46,35 +45,11 @@ async fn put_model(s: &Setup, b: f64, secs: u64, promote: bool) -> String {
 
 /// Waits for the Elastic IP's move to reach traffic.
 fn wait_serving(ip: IpAddr, port: u16, want: (&str, &str)) {
-    let start = Instant::now();
-    loop {
-        let now = version_at(ip, port);
-        if now
-            .as_ref()
-            .is_some_and(|(r, m)| r == want.0 && m == want.1)
-        {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{ip}:{port} serves {now:?}, not {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::assert_serving(ip, port, want.0, Some(want.1));
 }
 
 fn release_args<'a>(head: &[&'a str]) -> Vec<&'a str> {
-    let mut a = head.to_vec();
-    a.extend([
-        "--address-map",
-        path_str(cloud().address_map_path()),
-        "--probe-interval",
-        "200ms",
-        "--health-deadline",
-        "90s",
-        "--no-wait",
-    ]);
-    a
+    common::release_args(cloud().address_map_path(), head)
 }
 
 async fn blocking(s: &Setup, args: Vec<&str>) -> common::Run {

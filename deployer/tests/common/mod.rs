@@ -1,6 +1,8 @@
 //! Helpers shared by the deployer's emulator tests.
 #![allow(dead_code)]
 
+pub mod github;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -436,4 +438,53 @@ pub fn version_at(ip: std::net::IpAddr, port: u16) -> Option<(String, String)> {
         v["release"].as_str()?.to_string(),
         v["model_version"].as_str().unwrap_or_default().to_string(),
     ))
+}
+
+/// Waits until `ip:port` reports `release` on `/version` (and `model`, when given): the
+/// Elastic IP's move takes a moment to reach traffic. Returns what it reported last,
+/// which is the wanted pair unless `within` ran out first. Loopback only.
+pub fn wait_version(
+    ip: std::net::IpAddr,
+    port: u16,
+    release: &str,
+    model: Option<&str>,
+    within: Duration,
+) -> Option<(String, String)> {
+    let start = Instant::now();
+    loop {
+        let now = version_at(ip, port);
+        let arrived = now
+            .as_ref()
+            .is_some_and(|(r, m)| r == release && model.is_none_or(|want| m == want));
+        if arrived || start.elapsed() > within {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts that `ip:port` serves `release` (and `model`, when given) within 30 s.
+pub fn assert_serving(ip: std::net::IpAddr, port: u16, release: &str, model: Option<&str>) {
+    let now = wait_version(ip, port, release, model, Duration::from_secs(30));
+    assert!(
+        now.as_ref()
+            .is_some_and(|(r, m)| r == release && model.is_none_or(|want| m == want)),
+        "{ip}:{port} serves {now:?}, not {release} {model:?}, 30 s on"
+    );
+}
+
+/// `deploy` / `rollback` arguments `head` followed by the production probe path through
+/// the local cloud's address map (`address_map`), quick probes, and `--no-wait`.
+pub fn release_args<'a>(address_map: &'a Path, head: &[&'a str]) -> Vec<&'a str> {
+    let mut a = head.to_vec();
+    a.extend([
+        "--address-map",
+        path_str(address_map),
+        "--probe-interval",
+        "200ms",
+        "--health-deadline",
+        "90s",
+        "--no-wait",
+    ]);
+    a
 }
