@@ -17,7 +17,7 @@ mod gha;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::version_at;
 use deployer::aws::Clients;
@@ -278,18 +278,7 @@ impl Production {
 /// Waits (the Elastic IP's move propagates) until `ip:port` reports `want`; returns
 /// what it reports last.
 fn served(ip: IpAddr, port: u16, want: (&str, &str)) -> Option<(String, String)> {
-    let start = Instant::now();
-    loop {
-        let now = version_at(ip, port);
-        if now
-            .as_ref()
-            .is_some_and(|(r, m)| r == want.0 && m == want.1)
-            || start.elapsed() > Duration::from_secs(20)
-        {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::wait_version(ip, port, want.0, Some(want.1), Duration::from_secs(20))
 }
 
 fn no_inputs() -> BTreeMap<String, String> {
@@ -403,74 +392,6 @@ async fn deploy_yml_on_a_push_serves_the_commit_with_the_model_it_pinned_and_fai
     assert_eq!(version_at(eip, port), Some((sha.to_string(), m0)));
 }
 
-/// The fake GitHub API: the pull request's comments (one list), every request logged.
-mod fake_github {
-    use std::sync::{Arc, Mutex};
-
-    use serde_json::{Value, json};
-    use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
-
-    #[derive(Clone, Default)]
-    pub struct Comments(pub Arc<Mutex<Vec<(u64, String)>>>, pub Arc<Mutex<usize>>);
-
-    impl Respond for Comments {
-        fn respond(&self, req: &Request) -> ResponseTemplate {
-            *self.1.lock().unwrap() += 1;
-            let mut comments = self.0.lock().unwrap();
-            let body = || -> String {
-                serde_json::from_slice::<Value>(&req.body)
-                    .ok()
-                    .and_then(|v| v["body"].as_str().map(str::to_string))
-                    .unwrap_or_default()
-            };
-            let as_json = |id: u64, b: &str| json!({ "id": id, "body": b, "user": { "login": "github-actions[bot]" } });
-            let path = req.url.path().to_string();
-            match (req.method.as_str(), path.contains("/issues/comments/")) {
-                ("GET", false) => ResponseTemplate::new(200).set_body_json(
-                    comments
-                        .iter()
-                        .map(|(i, b)| as_json(*i, b))
-                        .collect::<Vec<_>>(),
-                ),
-                ("POST", false) => {
-                    let id = 1000 + comments.len() as u64;
-                    comments.push((id, body()));
-                    ResponseTemplate::new(201)
-                        .set_body_json(as_json(id, &comments[comments.len() - 1].1))
-                }
-                ("PATCH", true) => {
-                    let id: u64 = path
-                        .rsplit('/')
-                        .next()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    match comments.iter_mut().find(|(i, _)| *i == id) {
-                        Some(c) => {
-                            c.1 = body();
-                            ResponseTemplate::new(200).set_body_json(as_json(id, &c.1))
-                        }
-                        None => ResponseTemplate::new(404)
-                            .set_body_json(json!({"message": "Not Found"})),
-                    }
-                }
-                _ => ResponseTemplate::new(405).set_body_json(json!({"message": "unexpected"})),
-            }
-        }
-    }
-
-    pub async fn start() -> (MockServer, Comments) {
-        let server = MockServer::start().await;
-        let c = Comments::default();
-        Mock::given(wiremock::matchers::path_regex(
-            r"^/repos/acme/shop/issues/.*",
-        ))
-        .respond_with(c.clone())
-        .mount(&server)
-        .await;
-        (server, c)
-    }
-}
-
 fn pr_table(head_repo: &str) -> Vec<(&'static str, String)> {
     vec![
         ("github.event.pull_request.number", "42".into()),
@@ -488,7 +409,7 @@ fn pr_table(head_repo: &str) -> Vec<(&'static str, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_yml_plans_while_a_deploy_holds_the_lock_and_keeps_one_comment() {
     let p = Production::new().await;
-    let (api, comments) = fake_github::start().await;
+    let (api, comments) = common::github::start().await;
     // A deploy holds the state lock for the whole plan.
     let d = deployer::Deployer::new(p.cfg.clone(), p.clients().await);
     let guard = d.locker().acquire("deploy", Duration::ZERO).await.unwrap();
@@ -536,7 +457,7 @@ async fn plan_yml_plans_while_a_deploy_holds_the_lock_and_keeps_one_comment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_yml_for_a_fork_passes_with_a_summary_and_no_comment() {
     let p = Production::new().await;
-    let (api, comments) = fake_github::start().await;
+    let (api, comments) = common::github::start().await;
     // GitHub gives a fork's workflow no secrets.
     let mut extra = pr_table("someone/shop");
     extra.push(("secrets.AWS_PLAN_ROLE_ARN", String::new()));

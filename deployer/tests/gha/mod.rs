@@ -244,6 +244,17 @@ impl V {
 }
 
 /// What an expression can see.
+/// What one step did: its outcome and log, the outputs it set (`GITHUB_OUTPUT`), the
+/// variables it exported to later steps (`GITHUB_ENV`) and what it wrote to the job's
+/// summary (`GITHUB_STEP_SUMMARY`).
+struct StepResult {
+    outcome: Outcome,
+    log: String,
+    outputs: BTreeMap<String, String>,
+    env: Vec<(String, String)>,
+    summary: String,
+}
+
 struct Scope<'a> {
     table: &'a BTreeMap<String, String>,
     steps: &'a [StepRun],
@@ -598,6 +609,14 @@ impl Runner {
             .iter()
             .filter_map(|s| s["id"].as_str().map(String::from))
             .collect();
+        // What `${{ }}` sees in this job; each use adds the steps run so far.
+        let job_scope = Scope {
+            table,
+            steps: &[],
+            step_ids: &step_ids,
+            needs,
+            failed: false,
+        };
         let mut steps: Vec<StepRun> = Vec::new();
         let mut failed = false;
         let mut summary = String::new();
@@ -605,11 +624,9 @@ impl Runner {
         let mut env: Vec<(String, String)> = Vec::new();
         {
             let scope = Scope {
-                table,
                 steps: &steps,
-                step_ids: &step_ids,
-                needs,
                 failed,
+                ..job_scope
             };
             for source in [&wf.doc["env"], &job["env"]] {
                 for (k, v) in str_map(source) {
@@ -628,11 +645,9 @@ impl Runner {
                 .unwrap_or("run")
                 .to_string();
             let scope = Scope {
-                table,
                 steps: &steps,
-                step_ids: &step_ids,
-                needs,
                 failed,
+                ..job_scope
             };
             let mut step = StepRun {
                 id: sid,
@@ -646,32 +661,31 @@ impl Runner {
                 for (k, v) in str_map(&spec["env"]) {
                     step_env.push((k, scope.interpolate(&v)));
                 }
-                let (outcome, log, outputs, exported, sum) =
-                    if let Some(uses) = spec["uses"].as_str() {
-                        self.action(uses, spec, job, &scope, &workspace)
-                    } else if let Some(script) = spec["run"].as_str() {
-                        assert!(
-                            spec.get("shell").is_none() && spec.get("working-directory").is_none(),
-                            "{}: step {name}: only the default shell and directory are supported",
-                            wf.path
-                        );
-                        self.bash(
-                            &scope.interpolate(script),
-                            &step_env,
-                            table,
-                            &workspace,
-                            &temp,
-                            deadline,
-                        )
-                    } else {
-                        panic!("{}: step {name} has neither run nor uses", wf.path)
-                    };
-                env.extend(exported);
-                summary.push_str(&sum);
-                step.outcome = outcome;
-                step.log = log;
-                step.outputs = outputs;
-                if outcome == Outcome::Failure {
+                let r = if let Some(uses) = spec["uses"].as_str() {
+                    self.action(uses, spec, job, &scope, &workspace)
+                } else if let Some(script) = spec["run"].as_str() {
+                    assert!(
+                        spec.get("shell").is_none() && spec.get("working-directory").is_none(),
+                        "{}: step {name}: only the default shell and directory are supported",
+                        wf.path
+                    );
+                    self.bash(
+                        &scope.interpolate(script),
+                        &step_env,
+                        table,
+                        &workspace,
+                        &temp,
+                        deadline,
+                    )
+                } else {
+                    panic!("{}: step {name} has neither run nor uses", wf.path)
+                };
+                env.extend(r.env);
+                summary.push_str(&r.summary);
+                step.outcome = r.outcome;
+                step.log = r.log;
+                step.outputs = r.outputs;
+                if r.outcome == Outcome::Failure {
                     failed = true;
                 }
             }
@@ -684,11 +698,9 @@ impl Runner {
             steps.push(step);
         }
         let scope = Scope {
-            table,
             steps: &steps,
-            step_ids: &step_ids,
-            needs,
             failed,
+            ..job_scope
         };
         let outputs = str_map(&job["outputs"])
             .into_iter()
@@ -708,7 +720,6 @@ impl Runner {
     }
 
     /// A `uses:` step: what the action would have done or left behind.
-    #[allow(clippy::type_complexity)]
     fn action(
         &self,
         uses: &str,
@@ -716,26 +727,22 @@ impl Runner {
         job: &Value,
         scope: &Scope<'_>,
         workspace: &Path,
-    ) -> (
-        Outcome,
-        String,
-        BTreeMap<String, String>,
-        Vec<(String, String)>,
-        String,
-    ) {
+    ) -> StepResult {
         let action = uses.split('@').next().unwrap_or(uses);
         let with: BTreeMap<String, String> = str_map(&spec["with"]).into_iter().collect();
-        let ok = |log: String, env: Vec<(String, String)>| {
-            (Outcome::Success, log, BTreeMap::new(), env, String::new())
+        let ok = |log: String, env: Vec<(String, String)>| StepResult {
+            outcome: Outcome::Success,
+            log,
+            outputs: BTreeMap::new(),
+            env,
+            summary: String::new(),
         };
-        let fail = |log: String| {
-            (
-                Outcome::Failure,
-                log,
-                BTreeMap::new(),
-                Vec::new(),
-                String::new(),
-            )
+        let fail = |log: String| StepResult {
+            outcome: Outcome::Failure,
+            log,
+            outputs: BTreeMap::new(),
+            env: Vec::new(),
+            summary: String::new(),
         };
         match action {
             "actions/checkout" => {
@@ -779,7 +786,6 @@ impl Runner {
     }
 
     /// A `run:` step through bash, as GitHub runs it.
-    #[allow(clippy::type_complexity)]
     fn bash(
         &self,
         script: &str,
@@ -788,13 +794,7 @@ impl Runner {
         workspace: &Path,
         temp: &Path,
         deadline: Instant,
-    ) -> (
-        Outcome,
-        String,
-        BTreeMap<String, String>,
-        Vec<(String, String)>,
-        String,
-    ) {
+    ) -> StepResult {
         let files = temp.join(harness::unique("step"));
         std::fs::create_dir_all(&files).expect("step dir");
         let (output, genv, summary, script_path, log_path) = (
@@ -859,13 +859,13 @@ impl Runner {
                 Outcome::Failure
             }
         };
-        (
+        StepResult {
             outcome,
-            text,
-            parse_kv_file(&output).into_iter().collect(),
-            parse_kv_file(&genv),
-            std::fs::read_to_string(&summary).unwrap_or_default(),
-        )
+            log: text,
+            outputs: parse_kv_file(&output).into_iter().collect(),
+            env: parse_kv_file(&genv),
+            summary: std::fs::read_to_string(&summary).unwrap_or_default(),
+        }
     }
 }
 
