@@ -28,6 +28,9 @@ Always (a fidelity fix, whatever the configuration): an interface that an Elasti
 leaves through AssociateAddress with AllowReassociation gets a new public address of
 its own, as on AWS (moto keeps showing the Elastic IP on it).
 
+Network Load Balancers (their provisioning, interfaces, Elastic IPs and target health)
+are in moto_elb.py, configured by the same object.
+
 Usage: python moto_aws.py -H 127.0.0.1 -p PORT   (the same arguments as moto_server)
 """
 
@@ -443,6 +446,10 @@ def install():
 
 def main():
     install()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import moto_elb
+
+    moto_elb.install(CONFIG)
     from moto.server import main as moto_main
 
     sys.stderr.write(f"local cloud AWS behaviours: {json.dumps(CONFIG, sort_keys=True)}\n")
