@@ -13,6 +13,14 @@ pub(super) fn valid_name(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Only ASCII letters, digits, `._-` and the characters in `extra` (values that go into
+/// user data and the unit).
+pub(super) fn tame(s: &str, extra: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c) || extra.contains(c))
+}
+
 pub(super) fn valid_bucket(s: &str) -> bool {
     (3..=63).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
