@@ -24,6 +24,7 @@
 //!   `cargo build` (debug or `--release`) builds does not.
 
 pub mod aws;
+pub mod cert;
 pub mod config;
 pub mod engine;
 pub mod forwarder;

@@ -54,6 +54,7 @@ pub async fn plan(d: &Deployer, a: PlanArgs) -> anyhow::Result<u8> {
         print_json(&plan)?;
     } else {
         print!("{}", render(&plan));
+        super::render::print_certificate(d).await;
     }
     if let Some(r) = &a.release {
         deployer::publish::check_release(r)?;
@@ -247,6 +248,7 @@ pub async fn status(
         print_json(&st)?;
     } else {
         println!("{st}");
+        super::render::print_certificate(d).await;
     }
     Ok(0)
 }

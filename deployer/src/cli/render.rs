@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use deployer::cert::CertificateView;
 use deployer::config::{Config, LockBackend};
 use deployer::engine::Applied;
 use deployer::init::InitReport;
@@ -114,5 +115,63 @@ impl fmt::Display for AppliedSummary<'_> {
                 )
             }
         }
+    }
+}
+
+/// The HTTPS certificate line of `plan` and `status` (`tls = "acme"`): identity,
+/// issuer and expiry of the stored certificate.
+pub struct CertificateLine<'a>(pub &'a CertificateView);
+
+impl fmt::Display for CertificateLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            CertificateView::Off => Ok(()),
+            CertificateView::NoAddress => f.write_str(
+                "HTTPS certificate: no Elastic IP yet (the first deploy after apply issues it)",
+            ),
+            CertificateView::NotIssued { ip, store } => write!(
+                f,
+                "HTTPS certificate for {ip}: none in {store} yet (the colour holding the address issues it after the first deploy)"
+            ),
+            CertificateView::Stored {
+                ip,
+                identity,
+                issuer,
+                serial,
+                not_after,
+                remaining_s,
+                matches_ip,
+            } => {
+                write!(
+                    f,
+                    "HTTPS certificate for {ip}: {identity}, issuer {issuer}, serial {serial}, expires {not_after}"
+                )?;
+                if *remaining_s == 0 {
+                    f.write_str(" (EXPIRED)")?;
+                } else {
+                    write!(f, " (in {})", deployer::cert::hours(*remaining_s))?;
+                }
+                if !matches_ip {
+                    write!(f, " (NOT valid for {ip})")?;
+                }
+                Ok(())
+            }
+            CertificateView::Unreadable { ip, why } => {
+                write!(
+                    f,
+                    "HTTPS certificate for {ip}: the store cannot be read: {why}"
+                )
+            }
+        }
+    }
+}
+
+/// Prints the certificate line after `plan` or `status` (nothing when HTTPS is off); a
+/// failure to look is a line too, never the command's failure.
+pub async fn print_certificate(d: &deployer::Deployer) {
+    match d.certificate_view().await {
+        Ok(CertificateView::Off) => {}
+        Ok(v) => println!("\n{}", CertificateLine(&v)),
+        Err(e) => println!("\nHTTPS certificate: cannot look it up: {e}"),
     }
 }

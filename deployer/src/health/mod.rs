@@ -13,6 +13,7 @@
 //! Anything else is refused before a socket is opened.
 
 mod endpoints;
+mod https;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use serde::Deserialize;
 use crate::state::Color;
 
 pub use endpoints::{AddressMap, Endpoints, Target, is_loopback};
+pub use https::{EIP_CHECKS, HttpsGate, describe as describe_certificate};
 
 /// The most of an answer a probe reads.
 const MAX_BODY: usize = 1 << 20;
@@ -103,6 +105,32 @@ pub enum ProbeError {
         found: Option<String>,
         expected: String,
     },
+    /// `tls = "acme"`: the colour has no valid certificate for the Elastic IP while the
+    /// address serves one.
+    #[error(
+        "the {color} instance {instance} has no valid certificate for the Elastic IP {eip}: {why}; the address keeps serving {served}"
+    )]
+    TlsRefused {
+        color: Color,
+        instance: String,
+        eip: IpAddr,
+        why: String,
+        served: String,
+    },
+    /// After the move, no valid certificate is served through the Elastic IP.
+    #[error(
+        "{} through the Elastic IP {eip}:https within {}s: {why}",
+        if *.first { "no first certificate was issued and served" } else { "no valid certificate is served" },
+        .deadline.as_secs()
+    )]
+    TlsNotServed {
+        eip: IpAddr,
+        deadline: Duration,
+        first: bool,
+        why: String,
+    },
+    #[error("the certificate roots: {0}")]
+    TlsRoots(String),
     /// The gate's deadline ran out; `last` is the last reason.
     #[error("not healthy within {}s: {last}", .deadline.as_secs_f64())]
     NotHealthy {

@@ -158,7 +158,9 @@ impl Run<'_> {
     /// Launches the idle colour's instance from `ami` and records it. Returns its id.
     async fn launch(&mut self, ami: &instances::Ami) -> Result<String, Error> {
         let (d, idle, release) = (self.d, self.idle, self.release);
-        let user_data = d.user_data(&self.manifest, self.opts.url_lifetime).await?;
+        let user_data = d
+            .user_data_in(&self.manifest, self.opts.url_lifetime, &self.ids.allocation)
+            .await?;
         let id = instances::launch_instance(
             &d.clients,
             &LaunchSpec {
@@ -191,7 +193,7 @@ impl Run<'_> {
 
     /// Everything up to the move: running, healthy, and the address still where the
     /// state says.
-    async fn wait_and_gate(&self, id: &str) -> Result<(), Error> {
+    async fn wait_and_gate(&self, id: &str) -> Result<health::HttpsGate, Error> {
         let opts = self.opts;
         let ip = wait_running(
             &self.d.clients,
@@ -217,7 +219,18 @@ impl Run<'_> {
         .await
         .map_err(ReleaseError::from)?;
         tracing::info!("health gate passed");
-        self.d.guard_eip(&self.state, &self.ids.allocation).await
+        let https = (self.d)
+            .https_gate(
+                &opts.endpoints,
+                &self.ids.allocation,
+                idle,
+                id,
+                ip,
+                opts.rollback_window,
+            )
+            .await?;
+        self.d.guard_eip(&self.state, &self.ids.allocation).await?;
+        Ok(https)
     }
 
     /// A failure before the move: the new instance goes, the old colour keeps the
@@ -398,9 +411,10 @@ impl Deployer {
         let ami = run.image().await?;
         run.replace_idle().await?;
         let id = run.launch(&ami).await?;
-        if let Err(e) = run.wait_and_gate(&id).await {
-            return Err(run.abandon(id, e).await);
-        }
+        let https = match run.wait_and_gate(&id).await {
+            Ok(h) => h,
+            Err(e) => return Err(run.abandon(id, e).await),
+        };
         let previous = run.move_and_record(&id).await?;
         self.verify_fixed(
             &run.ids.allocation,
@@ -409,6 +423,18 @@ impl Deployer {
             opts,
         )
         .await?;
+        self.https_after_move(
+            &https,
+            &opts.endpoints,
+            opts.rollback_window,
+            opts.health_deadline,
+            opts.probe_interval,
+        )
+        .await
+        .map_err(|why| ReleaseError::NotVerified {
+            release: release.into(),
+            why,
+        })?;
         Ok(Deployed {
             release: release.into(),
             color: run.idle,

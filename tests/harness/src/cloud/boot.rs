@@ -167,7 +167,10 @@ impl Boot {
                 let Some((k, v)) = kv.split_once('=') else {
                     continue;
                 };
-                let v = if k == "SERVER_LISTEN" {
+                // Every listener the unit names (the API, and with HTTPS on the HTTPS
+                // port and the ACME challenge responder) moves to the stand-in; the
+                // Elastic IP's forwarder listens on each of these ports.
+                let v = if LISTEN_VARS.contains(&k) {
                     let port = v.rsplit_once(':').map(|(_, p)| p).unwrap_or(v);
                     if let Ok(p) = port.parse::<u16>() {
                         ports.push(p);
@@ -238,6 +241,13 @@ impl Boot {
         Ok(())
     }
 }
+
+/// The unit's variables that name a listen address `0.0.0.0:PORT`.
+const LISTEN_VARS: [&str; 3] = [
+    "SERVER_LISTEN",
+    "SERVER_HTTPS_LISTEN",
+    "SERVER_ACME_HTTP_LISTEN",
+];
 
 fn write_exec(path: &Path, text: &str) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt as _;

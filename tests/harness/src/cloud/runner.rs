@@ -12,7 +12,8 @@
 //!   server's S3 endpoint refuses;
 //! * starts what the installed unit (`etc/systemd/system/churn-api.service`) describes:
 //!   `ExecStart` under the sandbox root, the unit's `Environment=` with `SERVER_LISTEN`
-//!   moved from `0.0.0.0:PORT` to `<stand-in>:PORT`, and what the instance role would
+//!   (and, with HTTPS on, `SERVER_HTTPS_LISTEN` and `SERVER_ACME_HTTP_LISTEN`) moved
+//!   from `0.0.0.0:PORT` to `<stand-in>:PORT`, and what the instance role would
 //!   give it (the emulator's endpoint and keys); output in `journal.log`;
 //! * stops the instance's processes (the whole process group) once it leaves `running`.
 //!
