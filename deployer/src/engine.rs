@@ -6,6 +6,10 @@
 //! (EC2), its fixed name (IAM) or its parents (attachment, route, association) and
 //! adopts it instead of creating a second one.
 //!
+//! Reading: [`observe`] is the refresh (`plan::refresh`: each kind read once, the
+//! reads at the same time, from one snapshot dropped after it); everything `apply`
+//! reads itself goes to AWS, one call per read.
+//!
 //! Eventual consistency: a create is confirmed by reading it back, polled for up to
 //! [`CREATE_CONFIRMATION`] (AWS can briefly answer "not found" for what it just created),
 //! and recorded with the attributes read. A resource that never reads back within the
@@ -209,7 +213,9 @@ pub async fn apply(
     Ok(done)
 }
 
-/// Reads the state and everything real, for `plan`, `apply` and `destroy`.
+/// Reads everything real that `state` and the stack's tags and names point at, for
+/// `plan`, `apply` and `destroy`: one request per EC2 type and per IAM resource when
+/// nothing drifted (`plan::refresh`).
 pub async fn observe(stack: &Stack<'_>, state: &State) -> Result<Vec<Observed>, Error> {
     Ok(crate::plan::refresh(stack, state).await?)
 }

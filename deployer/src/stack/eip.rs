@@ -32,7 +32,8 @@ impl Resource for Eip {
             KIND,
             describe_addresses(allocation_ids = id),
             "DescribeAddresses",
-            addresses
+            addresses,
+            allocation_id
         ) else {
             return Ok(None);
         };

@@ -27,7 +27,10 @@ impl Resource for IamRole {
     }
 
     async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
-        let out = s.clients.iam.get_role().role_name(id).send().await;
+        let out = {
+            let _permit = s.permit().await;
+            s.clients.iam.get_role().role_name(id).send().await
+        };
         let Some(out) = or_absent(out, &KIND.address(), "GetRole")? else {
             return Ok(None);
         };

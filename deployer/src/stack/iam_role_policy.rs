@@ -47,8 +47,11 @@ impl Resource for IamRolePolicy {
             .get_role_policy()
             .role_name(role)
             .policy_name(name)
-            .send()
-            .await;
+            .send();
+        let out = {
+            let _permit = s.permit().await;
+            out.await
+        };
         let Some(out) = or_absent(out, &KIND.address(), "GetRolePolicy")? else {
             return Ok(None);
         };

@@ -25,7 +25,8 @@ impl IgwAttachment {
             KIND,
             describe_internet_gateways(internet_gateway_ids = igw),
             "DescribeInternetGateways",
-            internet_gateways
+            internet_gateways,
+            internet_gateway_id
         ))
     }
 }

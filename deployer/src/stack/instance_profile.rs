@@ -37,8 +37,11 @@ impl Resource for InstanceProfile {
             .iam
             .get_instance_profile()
             .instance_profile_name(id)
-            .send()
-            .await;
+            .send();
+        let out = {
+            let _permit = s.permit().await;
+            out.await
+        };
         let Some(out) = or_absent(out, &KIND.address(), "GetInstanceProfile")? else {
             return Ok(None);
         };

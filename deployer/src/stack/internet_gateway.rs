@@ -24,7 +24,8 @@ impl Resource for InternetGateway {
             KIND,
             describe_internet_gateways(internet_gateway_ids = id),
             "DescribeInternetGateways",
-            internet_gateways
+            internet_gateways,
+            internet_gateway_id
         ) else {
             return Ok(None);
         };

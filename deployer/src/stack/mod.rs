@@ -26,6 +26,22 @@
 //!   again on `InvalidIPAddress.InUse` (3 min); the S3 endpoint's delete waits until it
 //!   is gone (10 min).
 //!
+//! # Reading: each kind once per refresh
+//!
+//! A refresh (`plan::refresh`, which `plan`, `apply` and `destroy` start with) reads
+//! through [`Stack::refreshing`]: a stack with a snapshot (`snapshot.rs`) that lists
+//! each EC2 type once, by the stack's tags (`app`, `managed-by`), and remembers every
+//! read by kind and id. Each resource's `read` and `find` are written once, for both:
+//! `find_tagged!` and `describe_by_id!` answer from the snapshot's listing within a
+//! refresh and ask AWS otherwise; a child reads through its parent's listing (the route
+//! and the association through the route tables, the gateway attachment through the
+//! gateways). An id the listing lacks (its tags changed by hand, or gone) is described
+//! by id, as before. Within a refresh every AWS call holds one of
+//! [`REFRESH_CONCURRENCY`] permits (`Stack::permit`), and the reads the state calls
+//! for are all started at once, so a no-op plan sends one request per EC2 type and one
+//! per IAM resource, in one round trip. Outside a refresh ([`Stack::new`], e.g. an
+//! apply's create confirmation) every read is its own call.
+//!
 //! # Layout
 //!
 //! One file per resource (`vpc.rs`, `subnet.rs`, ... `eip.rs`) holds all of its
@@ -33,14 +49,17 @@
 //! the kinds ([`Kind`]), their order ([`STACK`]) and the dispatch ([`Stack`],
 //! [`wanted`]). What several resources share has a small file of its own: `tags.rs`
 //! (the managed tags, tag filters), `rules.rs` (security group rules as strings),
-//! `policy.rs` (IAM policy documents).
+//! `policy.rs` (IAM policy documents), `snapshot.rs` (what one refresh has read).
 //!
 //! # Adding a resource
 //!
 //! 1. Write `stack/<module>.rs`: a unit struct `pub(super) struct <Variant>;`
 //!    implementing `Resource`. Start from the closest existing one: `route_table.rs`
 //!    for an EC2 resource found by its tags, `iam_role_policy.rs` for one with a fixed
-//!    name, `route.rs` for one whose id is made of its parents'.
+//!    name, `route.rs` for one whose id is made of its parents'. Its `read` and `find`
+//!    go through `find_tagged!` and `describe_by_id!` (an EC2 type new to the stack
+//!    also gets its line in `listings!` in `snapshot.rs`); any other call they make
+//!    holds `s.permit()`, so that a refresh keeps to its bound.
 //! 2. Declare the module (`mod <module>;`) and add its line to `registry!` below, at
 //!    its place in the dependency order: `<Variant> => <module>, "aws_<type>", "<name>";`.
 //!    That line makes the variant `Kind::<Variant>`, the address `aws_<type>.<name>`,
@@ -48,6 +67,7 @@
 //!    `destroy` then handle it with nothing else to change.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -56,38 +76,71 @@ use serde_json::Value;
 
 use crate::aws::{AwsError, Backoff, Clients, has_code, or_absent, retry_logged};
 use crate::config::Config;
+use snapshot::Snapshot;
 
-/// The ids of the EC2 resources of `$kind` that carry the stack's tags for it: one
-/// `$describe` call (`$action`) with the tag filters, then `$id` of each of `$list` in
-/// the answer (those `$keep` accepts, when given). Every EC2 resource's `find`.
+/// The ids of the EC2 resources of `$kind` that carry the stack's tags for it (those
+/// `$keep` accepts, when given): `$id` of each of `$list`. Within a refresh they come
+/// from the snapshot's one listing of the type (`$list`, by the stack's tags, split
+/// here by the address tag); otherwise from one `$describe` call (`$action`) with the
+/// kind's tag filters. Every EC2 resource's `find`.
 macro_rules! find_tagged {
     ($s:expr, $kind:expr, $describe:ident, $action:literal, $list:ident, $id:ident $(, keep $keep:expr)?) => {{
-        let out = $s
-            .clients
-            .ec2
-            .$describe()
-            .set_filters(Some(tags::filters($s.cfg, $kind)))
-            .send()
-            .await
-            .map_err(|e| AwsError::new($kind.address(), $action, e))?;
-        Ok(out
-            .$list()
-            .iter()
-            $(.filter($keep))?
-            .filter_map(|v| v.$id().map(str::to_string))
-            .collect())
+        let ids: Vec<String> = match $s.snapshot() {
+            Some(snap) => snap
+                .$list($s, $kind)
+                .await?
+                .iter()
+                .filter(|v| tags::has_address(v.tags(), $kind))
+                $(.filter($keep))?
+                .filter_map(|v| v.$id().map(str::to_string))
+                .collect(),
+            None => {
+                let out = $s
+                    .clients
+                    .ec2
+                    .$describe()
+                    .set_filters(Some(tags::filters($s.cfg, $kind)))
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::new($kind.address(), $action, e))?;
+                out.$list()
+                    .iter()
+                    $(.filter($keep))?
+                    .filter_map(|v| v.$id().map(str::to_string))
+                    .collect()
+            }
+        };
+        Ok(ids)
     }};
 }
 
-/// The first of `$list` in the answer to one `$describe` call (`$action`) naming `$id`
-/// through its `$ids` setter; `None` when AWS answers not-found or lists nothing.
-/// Errors name `$kind`'s address. How an EC2 resource's `read` (and a child's, through
-/// its parent) looks one up by id.
+/// The one of `$list` whose `$get` is `$id`; `None` when AWS answers not-found or lists
+/// nothing. Within a refresh it comes from the snapshot's listing of the type when it
+/// is there (no call); otherwise (outside a refresh, or an id the tag listing lacks:
+/// its tags were changed by hand, or it is gone) from one `$describe` call (`$action`)
+/// naming `$id` through its `$ids` setter. Errors name `$kind`'s address. How an EC2
+/// resource's `read` (and a child's, through its parent) looks one up by id.
 macro_rules! describe_by_id {
-    ($s:expr, $kind:expr, $describe:ident($ids:ident = $id:expr), $action:literal, $list:ident) => {{
-        let out = $s.clients.ec2.$describe().$ids($id).send().await;
-        crate::aws::or_absent(out, &$kind.address(), $action)?
-            .and_then(|out| out.$list.and_then(|v| v.into_iter().next()))
+    ($s:expr, $kind:expr, $describe:ident($ids:ident = $id:expr), $action:literal, $list:ident, $get:ident) => {{
+        let id: &str = $id;
+        let listed = match $s.snapshot() {
+            Some(snap) => snap
+                .$list($s, $kind)
+                .await?
+                .iter()
+                .find(|v| v.$get() == Some(id))
+                .cloned(),
+            None => None,
+        };
+        match listed {
+            Some(v) => Some(v),
+            None => {
+                let _permit = $s.permit().await;
+                let out = $s.clients.ec2.$describe().$ids(id).send().await;
+                crate::aws::or_absent(out, &$kind.address(), $action)?
+                    .and_then(|out| out.$list.and_then(|v| v.into_iter().next()))
+            }
+        }
     }};
 }
 
@@ -103,6 +156,7 @@ mod route_table;
 mod route_table_association;
 mod rules;
 mod security_group;
+mod snapshot;
 mod subnet;
 mod tags;
 mod vpc;
@@ -115,6 +169,7 @@ pub use instance_profile::profile_name;
 pub use policy::{artifact_read_policy, assume_role_policy, policy_json};
 pub use rules::{parse_rule, rule_strings};
 pub use security_group::{security_group_name, wanted_ingress};
+pub use snapshot::REFRESH_CONCURRENCY;
 pub use tags::{ADDRESS_TAG, MANAGED_BY, tag_specification, tags_for};
 pub use vpc_endpoint::s3_service_name;
 
@@ -362,16 +417,50 @@ pub fn wanted(cfg: &Config, kind: Kind, known: &Known) -> Vec<Want> {
 pub struct Stack<'a> {
     pub cfg: &'a Config,
     pub clients: &'a Clients,
+    /// Within a refresh: what it has read so far ([`Stack::refreshing`]).
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 impl<'a> Stack<'a> {
     pub fn new(cfg: &'a Config, clients: &'a Clients) -> Stack<'a> {
-        Stack { cfg, clients }
+        Stack {
+            cfg,
+            clients,
+            snapshot: None,
+        }
     }
 
-    /// Reads the resource `id` of `kind`; `None` when it no longer exists.
+    /// This stack for one refresh: its reads and finds come from one listing per EC2
+    /// type (by the stack's tags) and each read is made once, its AWS calls at most
+    /// [`REFRESH_CONCURRENCY`] at a time. Drop it when the refresh is done: it never
+    /// reads again what it has read (creates are confirmed through [`Stack::new`]'s).
+    pub fn refreshing(&self) -> Stack<'a> {
+        Stack {
+            snapshot: Some(Arc::new(Snapshot::new())),
+            ..self.clone()
+        }
+    }
+
+    fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_deref()
+    }
+
+    /// Within a refresh, a permit for one AWS call (held until dropped); otherwise
+    /// nothing to wait for.
+    async fn permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match &self.snapshot {
+            Some(snap) => snap.permit().await,
+            None => None,
+        }
+    }
+
+    /// Reads the resource `id` of `kind`; `None` when it no longer exists. Within a
+    /// refresh, each id is read once.
     pub async fn read(&self, kind: Kind, id: &str) -> Result<Option<Actual>, AwsError> {
-        kind.resource().read(self, id).await
+        match self.snapshot() {
+            Some(snap) => snap.read(kind, id, || kind.resource().read(self, id)).await,
+            None => kind.resource().read(self, id).await,
+        }
     }
 
     /// Finds every existing resource of `kind` by its tags (EC2) or its fixed name (IAM)

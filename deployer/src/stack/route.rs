@@ -32,7 +32,8 @@ impl Resource for Route {
             KIND,
             describe_route_tables(route_table_ids = rtb),
             "DescribeRouteTables",
-            route_tables
+            route_tables,
+            route_table_id
         );
         let Some(route) = table.as_ref().and_then(|t| {
             t.routes()

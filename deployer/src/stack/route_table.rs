@@ -30,7 +30,8 @@ impl Resource for RouteTable {
             KIND,
             describe_route_tables(route_table_ids = id),
             "DescribeRouteTables",
-            route_tables
+            route_tables,
+            route_table_id
         ) else {
             return Ok(None);
         };

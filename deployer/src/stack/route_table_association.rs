@@ -2,7 +2,7 @@
 //! Found through its route table (the table's main association excluded).
 
 use async_trait::async_trait;
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::types::{Filter, RouteTableAssociation as RouteTableAssociationType};
 
 use super::{
     Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, parent_id, str_value,
@@ -14,6 +14,14 @@ const KIND: Kind = Kind::RouteTableAssociation;
 
 pub(super) struct RouteTableAssociation;
 
+/// Its attributes as read.
+fn actual(assoc: &RouteTableAssociationType) -> Actual {
+    Actual::from([
+        ("route_table_id".into(), str_value(assoc.route_table_id())),
+        ("subnet_id".into(), str_value(assoc.subnet_id())),
+    ])
+}
+
 #[async_trait]
 impl Resource for RouteTableAssociation {
     fn wanted(&self, _cfg: &Config, known: &Known) -> Vec<Want> {
@@ -24,6 +32,17 @@ impl Resource for RouteTableAssociation {
     }
 
     async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
+        // Within a refresh: in the stack's route tables as listed, if it is there.
+        if let Some(snap) = s.snapshot()
+            && let Some(assoc) = snap
+                .route_tables(s, KIND)
+                .await?
+                .iter()
+                .flat_map(|t| t.associations())
+                .find(|x| x.route_table_association_id() == Some(id))
+        {
+            return Ok(Some(actual(assoc)));
+        }
         let by_association = Filter::builder()
             .name("association.route-table-association-id")
             .values(id)
@@ -33,8 +52,11 @@ impl Resource for RouteTableAssociation {
             .ec2
             .describe_route_tables()
             .filters(by_association)
-            .send()
-            .await;
+            .send();
+        let out = {
+            let _permit = s.permit().await;
+            out.await
+        };
         let Some(out) = or_absent(out, &KIND.address(), "DescribeRouteTables")? else {
             return Ok(None);
         };
@@ -45,10 +67,7 @@ impl Resource for RouteTableAssociation {
         }) else {
             return Ok(None);
         };
-        Ok(Some(Actual::from([
-            ("route_table_id".into(), str_value(assoc.route_table_id())),
-            ("subnet_id".into(), str_value(assoc.subnet_id())),
-        ])))
+        Ok(Some(actual(assoc)))
     }
 
     async fn find(&self, s: &Stack<'_>, current: &Ids) -> Result<Vec<String>, AwsError> {
@@ -60,7 +79,8 @@ impl Resource for RouteTableAssociation {
             KIND,
             describe_route_tables(route_table_ids = rtb),
             "DescribeRouteTables",
-            route_tables
+            route_tables,
+            route_table_id
         );
         Ok(table
             .iter()

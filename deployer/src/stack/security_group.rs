@@ -61,7 +61,8 @@ impl Resource for SecurityGroup {
             KIND,
             describe_security_groups(group_ids = id),
             "DescribeSecurityGroups",
-            security_groups
+            security_groups,
+            group_id
         ) else {
             return Ok(None);
         };

@@ -40,7 +40,8 @@ impl Resource for Subnet {
             KIND,
             describe_subnets(subnet_ids = id),
             "DescribeSubnets",
-            subnets
+            subnets,
+            subnet_id
         ) else {
             return Ok(None);
         };

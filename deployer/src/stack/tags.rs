@@ -79,14 +79,35 @@ pub(super) fn iam(
         .collect()
 }
 
+fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
+}
+
 /// The filters that find the EC2 resources of `kind` by their tags.
 pub(super) fn filters(cfg: &Config, kind: Kind) -> Vec<Filter> {
-    let f = |k: &str, v: &str| Filter::builder().name(format!("tag:{k}")).values(v).build();
+    let mut f = stack_filters(cfg);
+    f.push(tag_filter(ADDRESS_TAG, &kind.address()));
+    f
+}
+
+/// The filters that find every EC2 resource of the stack, whatever its kind: one
+/// listing per type in a refresh ([`super::snapshot`]), split by [`has_address`].
+pub(super) fn stack_filters(cfg: &Config) -> Vec<Filter> {
     vec![
-        f("app", &cfg.app),
-        f("managed-by", MANAGED_BY),
-        f(ADDRESS_TAG, &kind.address()),
+        tag_filter("app", &cfg.app),
+        tag_filter("managed-by", MANAGED_BY),
     ]
+}
+
+/// Whether `actual` carries `kind`'s address tag.
+pub(super) fn has_address(actual: &[Tag], kind: Kind) -> bool {
+    let addr = kind.address();
+    actual
+        .iter()
+        .any(|t| t.key() == Some(ADDRESS_TAG) && t.value() == Some(addr.as_str()))
 }
 
 /// The managed tags among `actual` (other tags people add are not drift).

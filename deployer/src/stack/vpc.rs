@@ -24,8 +24,14 @@ impl Resource for Vpc {
     }
 
     async fn read(&self, s: &Stack<'_>, id: &str) -> Result<Option<Actual>, AwsError> {
-        let Some(v) = describe_by_id!(s, KIND, describe_vpcs(vpc_ids = id), "DescribeVpcs", vpcs)
-        else {
+        let Some(v) = describe_by_id!(
+            s,
+            KIND,
+            describe_vpcs(vpc_ids = id),
+            "DescribeVpcs",
+            vpcs,
+            vpc_id
+        ) else {
             return Ok(None);
         };
         Ok(Some(Actual::from([

@@ -55,8 +55,19 @@ fn id_list(v: Option<&Value>) -> Vec<String> {
 pub(super) struct VpcEndpoint;
 
 impl VpcEndpoint {
-    /// The endpoint `id` as EC2 describes it; `None` when gone (or going).
+    /// The endpoint `id` as EC2 describes it; `None` when gone (or going). Within a
+    /// refresh, from the listing of the stack's endpoints when it is there.
     async fn describe(s: &Stack<'_>, id: &str) -> Result<Option<Endpoint>, AwsError> {
+        if let Some(snap) = s.snapshot()
+            && let Some(e) = snap
+                .vpc_endpoints(s, KIND)
+                .await?
+                .iter()
+                .find(|e| e.vpc_endpoint_id() == Some(id))
+        {
+            return Ok((!is_gone(e)).then(|| e.clone()));
+        }
+        let _permit = s.permit().await;
         let out = s
             .clients
             .ec2

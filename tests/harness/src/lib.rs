@@ -52,7 +52,7 @@ mod moto;
 pub mod pebble;
 mod postgres;
 
-pub use moto::{Moto, REGION, amis, amis_path, moto, moto_server_bin, upload_dir};
+pub use moto::{Moto, REGION, Recorded, amis, amis_path, moto, moto_server_bin, upload_dir};
 pub use postgres::{PgCluster, TestDb, pg_bin, postgres};
 
 /// Why a service could not be started.

@@ -74,6 +74,7 @@ impl Moto {
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("MOTO_ENABLE_AMI_VALIDATION", "true")
                 .env("MOTO_AMIS_PATH", amis_path())
+                .env("MOTO_RECORDER_FILEPATH", recording_path(port))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -179,6 +180,116 @@ impl Moto {
                 what: "POST /moto-api/reset".into(),
                 detail: format!("{} {}", r.status, r.body),
             })
+        }
+    }
+}
+
+/// Where the emulator on `port` writes what its request recorder records
+/// ([`Moto::start_recording`]), instead of moto's `moto_recording` in the working
+/// directory.
+fn recording_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("moto-recording-{port}.jsonl"))
+}
+
+/// One request the emulator served: its service (`ec2`, `iam`, `s3`, `dynamodb`) and
+/// API action (`DescribeVpcs`; for S3, named from the method and path: `GetObject`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Recorded {
+    pub service: String,
+    pub action: String,
+}
+
+impl std::fmt::Display for Recorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.service, self.action)
+    }
+}
+
+impl Recorded {
+    /// One line of moto's recording (`{"headers", "method", "url", "body",
+    /// "body_encoded"}`).
+    fn parse(line: &str) -> Option<Recorded> {
+        use base64::Engine as _;
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let header = |name: &str| {
+            v["headers"].as_object().and_then(|h| {
+                h.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .and_then(|(_, v)| v.as_str())
+            })
+        };
+        // SigV4: Credential=KEY/DATE/REGION/SERVICE/aws4_request.
+        let service = header("authorization")
+            .and_then(|a| a.split("Credential=").nth(1))
+            .and_then(|c| c.split('/').nth(3))
+            .unwrap_or("?")
+            .to_string();
+        let body = match (v["body"].as_str(), v["body_encoded"].as_bool()) {
+            (Some(b), Some(true)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+            (Some(b), _) => b.to_string(),
+            _ => String::new(),
+        };
+        let action = if let Some(target) = header("x-amz-target") {
+            target.rsplit('.').next().unwrap_or(target).to_string()
+        } else if let Some(a) = body.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
+            a.to_string()
+        } else {
+            let method = v["method"].as_str().unwrap_or("?");
+            let url = v["url"].as_str().unwrap_or("");
+            let path = url
+                .split_once("://")
+                .map_or(url, |(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]));
+            let (path, query) = path.split_once('?').unwrap_or((path, ""));
+            let has_key = path.trim_start_matches('/').contains('/');
+            match (method, has_key) {
+                ("GET", true) => "GetObject".into(),
+                ("PUT", true) => "PutObject".into(),
+                ("HEAD", true) => "HeadObject".into(),
+                ("DELETE", true) => "DeleteObject".into(),
+                ("GET", false) if query.contains("list-type=2") => "ListObjectsV2".into(),
+                ("GET", false) => "ListObjects".into(),
+                ("HEAD", false) => "HeadBucket".into(),
+                ("PUT", false) => "CreateBucket".into(),
+                _ => format!("{method} {path}"),
+            }
+        };
+        Some(Recorded { service, action })
+    }
+}
+
+impl Moto {
+    /// Clears the request recording and starts recording every request this emulator
+    /// serves, whoever sends it: count one program's requests on a private emulator
+    /// ([`Moto::start`]), not on a shared one.
+    pub fn start_recording(&self) -> Result<(), HarnessError> {
+        self.recorder("reset-recording")?;
+        self.recorder("start-recording")
+    }
+
+    /// Stops recording; returns the requests served since [`Moto::start_recording`],
+    /// in the order they arrived.
+    pub fn stop_recording(&self) -> Result<Vec<Recorded>, HarnessError> {
+        self.recorder("stop-recording")?;
+        let path = recording_path(self.port);
+        let text =
+            fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        Ok(text.lines().filter_map(Recorded::parse).collect())
+    }
+
+    fn recorder(&self, what: &str) -> Result<(), HarnessError> {
+        let path = format!("/moto-api/recorder/{what}");
+        let failed = |detail: String| HarnessError::Failed {
+            what: format!("POST {path}"),
+            detail,
+        };
+        let r = http::post(self.port, &path, "").map_err(|e| failed(e.to_string()))?;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(failed(format!("{} {}", r.status, r.body)))
         }
     }
 }
