@@ -866,3 +866,425 @@ async fn the_elastic_ip_serves_on_its_own_address_and_follows_a_move_after_its_d
     terminate(&ec2, &blue).await;
     terminate(&ec2, &green).await;
 }
+
+// ---- Network Load Balancers ---------------------------------------------------------
+
+async fn elb() -> aws_sdk_elasticloadbalancingv2::Client {
+    aws_sdk_elasticloadbalancingv2::Client::new(&cloud().moto().sdk_config().await)
+}
+
+/// A subnet of its own in `zone` of `vpc`, routed through `rtb`.
+async fn zone_subnet(
+    ec2: &aws_sdk_ec2::Client,
+    vpc: &str,
+    rtb: &str,
+    cidr: &str,
+    zone: &str,
+) -> String {
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(vpc)
+        .cidr_block(cidr)
+        .availability_zone(zone)
+        .send()
+        .await
+        .unwrap()
+        .subnet
+        .unwrap()
+        .subnet_id
+        .unwrap();
+    ec2.associate_route_table()
+        .route_table_id(rtb)
+        .subnet_id(&subnet)
+        .send()
+        .await
+        .unwrap();
+    subnet
+}
+
+/// A TCP target group on the API port, health-checked by HTTP on `/readyz` every 5 s
+/// (0.5 s in the local cloud), 2 checks in a row either way; its ARN.
+async fn target_group(
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
+    vpc: &str,
+    name: &str,
+) -> String {
+    use aws_sdk_elasticloadbalancingv2::types::ProtocolEnum;
+    let arn = elb
+        .create_target_group()
+        .name(name)
+        .protocol(ProtocolEnum::Tcp)
+        .port(i32::from(api_port()))
+        .vpc_id(vpc)
+        .health_check_protocol(ProtocolEnum::Http)
+        .health_check_path("/readyz")
+        .health_check_interval_seconds(5)
+        .health_check_timeout_seconds(2)
+        .healthy_threshold_count(2)
+        .unhealthy_threshold_count(2)
+        .send()
+        .await
+        .unwrap()
+        .target_groups()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_string();
+    elb.modify_target_group_attributes()
+        .target_group_arn(&arn)
+        .attributes(
+            aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute::builder()
+                .key("deregistration_delay.timeout_seconds")
+                .value("3")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    arn
+}
+
+/// A forward action over `groups` (ARN, weight).
+fn forward(groups: &[(&str, i32)]) -> aws_sdk_elasticloadbalancingv2::types::Action {
+    use aws_sdk_elasticloadbalancingv2::types::{
+        Action, ActionTypeEnum, ForwardActionConfig, TargetGroupTuple,
+    };
+    let mut cfg = ForwardActionConfig::builder();
+    for (arn, w) in groups {
+        cfg = cfg.target_groups(
+            TargetGroupTuple::builder()
+                .target_group_arn(*arn)
+                .weight(*w)
+                .build(),
+        );
+    }
+    Action::builder()
+        .r#type(ActionTypeEnum::Forward)
+        .forward_config(cfg.build())
+        .build()
+}
+
+/// `DescribeTargetHealth` of `tg`: (instance id, state).
+async fn target_states(
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
+    tg: &str,
+) -> Vec<(String, String)> {
+    let out = elb
+        .describe_target_health()
+        .target_group_arn(tg)
+        .send()
+        .await
+        .unwrap();
+    let mut v: Vec<(String, String)> = out
+        .target_health_descriptions()
+        .iter()
+        .map(|d| {
+            (
+                d.target().unwrap().id().unwrap().to_string(),
+                d.target_health()
+                    .unwrap()
+                    .state()
+                    .unwrap()
+                    .as_str()
+                    .to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits (30 s at most) until `DescribeTargetHealth` of `tg` reports `want`.
+async fn wait_states(
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
+    tg: &str,
+    want: &[(&str, &str)],
+) {
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    want.sort();
+    let start = Instant::now();
+    loop {
+        let now = target_states(elb, tg).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "target health of {tg}: {now:?}, never {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The releases `n` requests through `ip` were answered by (`None`: a failed request).
+async fn releases_through(ip: Ipv4Addr, n: usize) -> Vec<Option<String>> {
+    tokio::task::spawn_blocking(move || (0..n).map(|_| release_of(ip)).collect())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_load_balancer_spreads_over_healthy_targets_by_its_weights() {
+    use aws_sdk_elasticloadbalancingv2::types::{
+        LoadBalancerTypeEnum, ProtocolEnum, SubnetMapping, TargetDescription,
+    };
+    let ec2 = ec2().await;
+    let elb = elb().await;
+    let (vpc, subnet_a, rtb, _) = routed_network(&ec2).await;
+    let subnet_b = zone_subnet(&ec2, &vpc, &rtb, "10.0.2.0/24", "us-east-1b").await;
+    let (eip_a, eip_b) = (allocate(&ec2).await, allocate(&ec2).await);
+    let ips: Vec<Ipv4Addr> = [&eip_a, &eip_b]
+        .iter()
+        .map(|e| e.public_ip().unwrap().parse().unwrap())
+        .collect();
+    let mapping = |subnet: &str, e: &AllocateAddressOutput| {
+        SubnetMapping::builder()
+            .subnet_id(subnet)
+            .allocation_id(e.allocation_id().unwrap())
+            .build()
+    };
+    let lb = elb
+        .create_load_balancer()
+        .name(
+            harness::unique("nlb")
+                .replace('_', "-")
+                .chars()
+                .take(32)
+                .collect::<String>(),
+        )
+        .r#type(LoadBalancerTypeEnum::Network)
+        .subnet_mappings(mapping(&subnet_a, &eip_a))
+        .subnet_mappings(mapping(&subnet_b, &eip_b))
+        .send()
+        .await
+        .unwrap();
+    let lb = &lb.load_balancers()[0];
+    let lb_arn = lb.load_balancer_arn().unwrap().to_string();
+    assert_eq!(lb.state().unwrap().code().unwrap().as_str(), "provisioning");
+    // Its addresses are the Elastic IPs of its mappings, one per zone.
+    let described = elb
+        .describe_load_balancers()
+        .load_balancer_arns(&lb_arn)
+        .send()
+        .await
+        .unwrap();
+    let mut listed: Vec<Ipv4Addr> = described.load_balancers()[0]
+        .availability_zones()
+        .iter()
+        .flat_map(|z| z.load_balancer_addresses())
+        .map(|a| a.ip_address().unwrap().parse().unwrap())
+        .collect();
+    listed.sort();
+    let mut want_ips = ips.clone();
+    want_ips.sort();
+    assert_eq!(listed, want_ips);
+
+    let (b1, _) = boot_public(&ec2, &subnet_a, "lb-b1").await;
+    let (b2, b2_standin) = boot_public(&ec2, &subnet_b, "lb-b2").await;
+    let (g1, _) = boot_public(&ec2, &subnet_a, "lb-g1").await;
+    let blue = target_group(
+        &elb,
+        &vpc,
+        &harness::unique("blue")
+            .replace('_', "-")
+            .chars()
+            .take(32)
+            .collect::<String>(),
+    )
+    .await;
+    let green = target_group(
+        &elb,
+        &vpc,
+        &harness::unique("green")
+            .replace('_', "-")
+            .chars()
+            .take(32)
+            .collect::<String>(),
+    )
+    .await;
+    let register = |tg: &str, ids: &[&str]| {
+        let mut req = elb.register_targets().target_group_arn(tg);
+        for id in ids {
+            req = req.targets(TargetDescription::builder().id(*id).build());
+        }
+        req.send()
+    };
+    register(&blue, &[&b1, &b2]).await.unwrap();
+    register(&green, &[&g1]).await.unwrap();
+    // Registered, not yet checked: `initial`, not moto's "healthy".
+    assert!(
+        target_states(&elb, &blue)
+            .await
+            .iter()
+            .all(|(_, s)| s == "initial"),
+        "{:?}",
+        target_states(&elb, &blue).await
+    );
+    let listener = elb
+        .create_listener()
+        .load_balancer_arn(&lb_arn)
+        .protocol(ProtocolEnum::Tcp)
+        .port(i32::from(api_port()))
+        .default_actions(forward(&[(&blue, 1), (&green, 0)]))
+        .send()
+        .await
+        .unwrap()
+        .listeners()[0]
+        .listener_arn()
+        .unwrap()
+        .to_string();
+    wait_states(&elb, &blue, &[(&b1, "healthy"), (&b2, "healthy")]).await;
+    wait_states(&elb, &green, &[(&g1, "healthy")]).await;
+
+    // Once active, every address of the balancer spreads over blue's two targets only.
+    let start = Instant::now();
+    while cloud().balancer_route(ips[0], api_port()).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the balancer never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for ip in &ips {
+        let served = releases_through(*ip, 20).await;
+        for r in ["lb-b1", "lb-b2"] {
+            assert!(
+                served.iter().any(|s| s.as_deref() == Some(r)),
+                "{ip}: {served:?}"
+            );
+        }
+        assert!(
+            served
+                .iter()
+                .all(|s| matches!(s.as_deref(), Some("lb-b1" | "lb-b2"))),
+            "{ip}: {served:?}"
+        );
+    }
+
+    // The weights move to green: new connections follow after the propagation delay.
+    elb.modify_listener()
+        .listener_arn(&listener)
+        .default_actions(forward(&[(&blue, 0), (&green, 1)]))
+        .send()
+        .await
+        .unwrap();
+    let moved = Instant::now();
+    loop {
+        let r = releases_through(ips[1], 1).await.remove(0);
+        if r.as_deref() == Some("lb-g1") {
+            break;
+        }
+        assert!(
+            matches!(r.as_deref(), Some("lb-b1" | "lb-b2")),
+            "during the shift: {r:?}"
+        );
+        assert!(
+            moved.elapsed() < Duration::from_secs(30),
+            "the weights never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        moved.elapsed() >= Duration::from_millis(1000),
+        "moved at once"
+    );
+    assert!(
+        releases_through(ips[0], 10)
+            .await
+            .iter()
+            .all(|r| r.as_deref() == Some("lb-g1"))
+    );
+
+    // Back to blue; one of its processes dies: once its checks fail, no request goes to it.
+    elb.modify_listener()
+        .listener_arn(&listener)
+        .default_actions(forward(&[(&blue, 1), (&green, 0)]))
+        .send()
+        .await
+        .unwrap();
+    let Some(InstanceStatus::Serving(pid)) = cloud().status(&b2) else {
+        panic!("{b2} does not serve: {:?}", cloud().status(&b2))
+    };
+    std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(
+        get(b2_standin, api_port(), "/readyz").is_none(),
+        "b2 still answers"
+    );
+    wait_states(&elb, &blue, &[(&b1, "healthy"), (&b2, "unhealthy")]).await;
+    let start = Instant::now();
+    loop {
+        let served = releases_through(ips[0], 1).await.remove(0);
+        if served.as_deref() == Some("lb-b1") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "blue never came back: {served:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let served = releases_through(ips[0], 20).await;
+    assert!(
+        served.iter().all(|r| r.as_deref() == Some("lb-b1")),
+        "{served:?}"
+    );
+
+    // A deregistered target drains for the group's delay, then is gone.
+    elb.deregister_targets()
+        .target_group_arn(&blue)
+        .targets(TargetDescription::builder().id(&b2).build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(target_states(&elb, &blue).await, {
+        let mut v = vec![
+            (b1.clone(), "healthy".to_string()),
+            (b2.clone(), "draining".to_string()),
+        ];
+        v.sort();
+        v
+    });
+    wait_states(&elb, &blue, &[(&b1, "healthy")]).await;
+
+    // Deleted, its interfaces linger: they hold the subnet and the addresses a while.
+    elb.delete_load_balancer()
+        .load_balancer_arn(&lb_arn)
+        .send()
+        .await
+        .unwrap();
+    for id in [&b1, &b2, &g1] {
+        terminate(&ec2, id).await;
+    }
+    let held = ec2
+        .release_address()
+        .allocation_id(eip_a.allocation_id().unwrap())
+        .send()
+        .await;
+    assert_eq!(
+        held.err()
+            .and_then(|e| e.code().map(String::from))
+            .as_deref(),
+        Some("InvalidIPAddress.InUse")
+    );
+    let (_, took, _) = until_ok(Duration::from_secs(30), || {
+        ec2.release_address()
+            .allocation_id(eip_a.allocation_id().unwrap())
+            .send()
+    })
+    .await;
+    assert!(took >= Duration::from_secs(1), "released after {took:?}");
+    release(&ec2, eip_b.allocation_id().unwrap()).await;
+    for tg in [&blue, &green] {
+        elb.delete_target_group()
+            .target_group_arn(tg)
+            .send()
+            .await
+            .unwrap();
+    }
+}

@@ -26,6 +26,7 @@
 //! Nothing but loopback is ever connected to: the addresses moto invents for instances
 //! (54.x, 10.x) only appear as keys of the address map.
 
+pub mod balancer;
 mod boot;
 pub mod eip;
 pub mod runner;
@@ -66,6 +67,12 @@ pub struct AwsBehaviour {
     /// deleting a subnet or security group a live instance uses; and terminating an
     /// instance lets go of its Elastic IP.
     pub strict: bool,
+    /// A new Network Load Balancer stays `provisioning` for this long before it is
+    /// `active` (and routes).
+    pub balancer_active: Duration,
+    /// A deleted balancer's interfaces linger this long, holding its Elastic IPs and
+    /// blocking `DeleteSubnet`.
+    pub balancer_interfaces: Duration,
 }
 
 impl AwsBehaviour {
@@ -79,6 +86,8 @@ impl AwsBehaviour {
             address: Duration::ZERO,
             terminated_interfaces: Duration::ZERO,
             strict: false,
+            balancer_active: Duration::ZERO,
+            balancer_interfaces: Duration::ZERO,
         }
     }
 
@@ -92,12 +101,15 @@ impl AwsBehaviour {
             address: Duration::from_secs(2),
             terminated_interfaces: Duration::from_secs(3),
             strict: true,
+            balancer_active: Duration::from_secs(3),
+            balancer_interfaces: Duration::from_secs(3),
         }
     }
 
     /// Reads `LOCAL_CLOUD_AWS`: `off`, or a JSON object with any of the keys
     /// `instance_profile_s`, `role_s`, `instance_s`, `security_group_s`, `address_s`,
-    /// `terminated_eni_s` (seconds) and `strict`, over [`AwsBehaviour::aws_like`].
+    /// `terminated_eni_s`, `lb_active_s`, `lb_interfaces_s` (seconds) and `strict`, over
+    /// [`AwsBehaviour::aws_like`].
     pub fn from_env() -> Result<AwsBehaviour, HarnessError> {
         let Ok(text) = std::env::var("LOCAL_CLOUD_AWS") else {
             return Ok(AwsBehaviour::aws_like());
@@ -127,6 +139,8 @@ impl AwsBehaviour {
         secs("security_group_s", &mut b.security_group)?;
         secs("address_s", &mut b.address)?;
         secs("terminated_eni_s", &mut b.terminated_interfaces)?;
+        secs("lb_active_s", &mut b.balancer_active)?;
+        secs("lb_interfaces_s", &mut b.balancer_interfaces)?;
         if let Some(x) = v.get("strict") {
             b.strict = x
                 .as_bool()
@@ -145,6 +159,8 @@ impl AwsBehaviour {
             "address_s": self.address.as_secs_f64(),
             "terminated_eni_s": self.terminated_interfaces.as_secs_f64(),
             "strict": self.strict,
+            "lb_active_s": self.balancer_active.as_secs_f64(),
+            "lb_interfaces_s": self.balancer_interfaces.as_secs_f64(),
         })
         .to_string()
     }
@@ -167,6 +183,12 @@ pub struct LocalCloudOptions {
     pub eip_ports: Vec<u16>,
     /// How often the runner reads the emulator.
     pub poll: Duration,
+    /// How long a change of a balancer listener's weights takes to reach new
+    /// connections.
+    pub balancer_propagation: Duration,
+    /// Balancer health checks run at this fraction of the target group's interval and
+    /// timeout (AWS: 5-300 s intervals); thresholds are kept.
+    pub health_check_scale: f64,
 }
 
 impl Default for LocalCloudOptions {
@@ -176,6 +198,8 @@ impl Default for LocalCloudOptions {
             eip_propagation: Duration::from_millis(1500),
             eip_ports: Vec::new(),
             poll: Duration::from_millis(200),
+            balancer_propagation: Duration::from_millis(1500),
+            health_check_scale: 0.1,
         }
     }
 }
@@ -220,6 +244,9 @@ pub(crate) struct Shared {
     pub(crate) instances: BTreeMap<String, runner::Instance>,
     /// Elastic IP -> the stand-in its forwarder sends new connections to.
     pub(crate) eips: BTreeMap<Ipv4Addr, Option<Ipv4Addr>>,
+    /// (balancer address, listener port) -> the weights and backends new connections
+    /// are spread over.
+    pub(crate) balancers: BTreeMap<(Ipv4Addr, u16), Vec<(u32, Vec<std::net::SocketAddr>)>>,
     /// Where the process groups of every instance are listed for the watchdog.
     pub(crate) pgids_file: Option<PathBuf>,
 }
@@ -294,12 +321,19 @@ impl Moto {
     /// A private emulator with AWS's eventual consistency and refusals (see
     /// [`AwsBehaviour`]); with [`AwsBehaviour::off`] it behaves as [`Moto::start`].
     pub fn start_aws_like(aws: &AwsBehaviour) -> Result<Moto, HarnessError> {
+        Moto::start_aws_like_with(aws, &[])
+    }
+
+    /// [`Moto::start_aws_like`] with more environment for the wrapper (such as
+    /// `LOCAL_CLOUD_TARGET_HEALTH`, the balancer stand-in's verdicts).
+    pub fn start_aws_like_with(
+        aws: &AwsBehaviour,
+        env: &[(&'static str, String)],
+    ) -> Result<Moto, HarnessError> {
         let script = moto_wrapper_script();
-        Moto::start_program(
-            &moto_python()?,
-            Some(&script),
-            &[("LOCAL_CLOUD_AWS", aws.to_json())],
-        )
+        let mut all = vec![("LOCAL_CLOUD_AWS", aws.to_json())];
+        all.extend(env.iter().cloned());
+        Moto::start_program(&moto_python()?, Some(&script), &all)
     }
 }
 
@@ -307,12 +341,21 @@ impl LocalCloud {
     /// Starts the emulator (through the wrapper), the instance runner and the Elastic
     /// IP stand-ins.
     pub fn start(opts: LocalCloudOptions) -> Result<LocalCloud, HarnessError> {
-        let moto = Moto::start_aws_like(&opts.aws)?;
         let sandbox = tempfile::Builder::new()
             .prefix("harness-cloud-")
             .tempdir()
             .map_err(io_err("creating the local cloud's sandbox"))?
             .keep();
+        // The balancer stand-in's health verdicts, which the emulator answers
+        // DescribeTargetHealth from.
+        let target_health = sandbox.join("target-health.json");
+        let moto = Moto::start_aws_like_with(
+            &opts.aws,
+            &[(
+                "LOCAL_CLOUD_TARGET_HEALTH",
+                target_health.display().to_string(),
+            )],
+        )?;
         // One watchdog for the whole cloud: the instances' process groups (kept in a
         // file by the runner), then the sandbox. (`sh` may be dash, whose `kill` takes
         // no `--`: `kill -KILL -- -G` would kill nothing.)
@@ -419,6 +462,17 @@ impl LocalCloud {
     /// holder yet, or not an Elastic IP the forwarders know).
     pub fn eip_backend(&self, eip: Ipv4Addr) -> Option<Ipv4Addr> {
         self.lock().eips.get(&eip).copied().flatten()
+    }
+
+    /// How the balancer stand-in listening on `ip:port` spreads new connections now:
+    /// (weight, backends) per target group of the listener; `None` when no balancer
+    /// listens there.
+    pub fn balancer_route(
+        &self,
+        ip: Ipv4Addr,
+        port: u16,
+    ) -> Option<Vec<(u32, Vec<std::net::SocketAddr>)>> {
+        self.lock().balancers.get(&(ip, port)).cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {

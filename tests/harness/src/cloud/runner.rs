@@ -32,7 +32,7 @@ use aws_sdk_ec2::types::Filter;
 use base64::Engine as _;
 
 use super::boot::Boot;
-use super::{InstanceStatus, LocalCloudOptions, Shared, eip};
+use super::{InstanceStatus, LocalCloudOptions, Shared, balancer, eip};
 use crate::REGION;
 
 pub(crate) struct Context {
@@ -125,6 +125,7 @@ pub(crate) fn run(ctx: Context, mut stopped: tokio::sync::watch::Receiver<bool>)
             .load()
             .await;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
+        let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sdk);
         let mut state = Runner {
             log: ctx.sandbox.join("runner.log"),
             missed: BTreeMap::new(),
@@ -137,9 +138,15 @@ pub(crate) fn run(ctx: Context, mut stopped: tokio::sync::watch::Receiver<bool>)
                 ctx.opts.eip_propagation,
                 ctx.opts.eip_ports.clone(),
             ),
+            balancers: balancer::Balancers::new(
+                ctx.shared.clone(),
+                ctx.opts.balancer_propagation,
+                ctx.opts.health_check_scale,
+                ctx.sandbox.join("target-health.json"),
+            ),
         };
         loop {
-            if let Err(e) = state.tick(&ctx, &ec2).await {
+            if let Err(e) = state.tick(&ctx, &ec2, &elb).await {
                 note(&state.log, &format!("tick failed: {e}"));
             }
             tokio::select! {
@@ -151,6 +158,7 @@ pub(crate) fn run(ctx: Context, mut stopped: tokio::sync::watch::Receiver<bool>)
             }
         }
         state.forwarders.stop_all();
+        state.balancers.stop_all();
     });
     rt.shutdown_timeout(Duration::from_secs(2));
     let mut shared = lock(&ctx.shared);
@@ -169,6 +177,7 @@ struct Runner {
     next_standin: u32,
     last_map: String,
     forwarders: eip::Forwarders,
+    balancers: balancer::Balancers,
 }
 
 /// What the runner reads of one instance in `DescribeInstances`.
@@ -188,7 +197,12 @@ fn sdk_err<E: std::error::Error>(what: &str) -> impl FnOnce(E) -> String + '_ {
 }
 
 impl Runner {
-    async fn tick(&mut self, ctx: &Arc<Context>, ec2: &aws_sdk_ec2::Client) -> Fallible<()> {
+    async fn tick(
+        &mut self,
+        ctx: &Arc<Context>,
+        ec2: &aws_sdk_ec2::Client,
+        elb: &aws_sdk_elasticloadbalancingv2::Client,
+    ) -> Fallible<()> {
         let seen = list_instances(ec2).await?;
         let ids: BTreeSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
         for s in &seen {
@@ -256,9 +270,21 @@ impl Runner {
             .send()
             .await
             .map_err(sdk_err("DescribeAddresses"))?;
+        let view = balancer::observe(elb).await?;
+        // A balancer's Elastic IPs are its stand-in's, not the forwarders'.
+        let on_balancers = balancer::Balancers::addresses(&view);
         let holders: Vec<(Ipv4Addr, Option<String>)> = addresses
             .addresses()
             .iter()
+            .filter(|a| {
+                let owned_by_balancer = a.instance_id().is_none_or(str::is_empty)
+                    && a.network_interface_id().is_some_and(|n| !n.is_empty());
+                !owned_by_balancer
+                    && !a
+                        .public_ip()
+                        .and_then(|ip| ip.parse().ok())
+                        .is_some_and(|ip| on_balancers.contains(&ip))
+            })
             .filter_map(|a| {
                 let ip: Ipv4Addr = a.public_ip()?.parse().ok()?;
                 let holder = a.instance_id().filter(|i| !i.is_empty()).map(String::from);
@@ -266,6 +292,7 @@ impl Runner {
             })
             .collect();
         self.forwarders.update(&holders);
+        self.balancers.update(&view);
         Ok(())
     }
 

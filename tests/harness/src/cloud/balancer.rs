@@ -1,0 +1,709 @@
+//! The Network Load Balancer stand-in. For each `active` network balancer the emulator
+//! holds, a TCP proxy listens on every address of its subnet mappings (the Elastic IPs
+//! moto hands out in 127.0.0.0/8), on each listener's port, and sends each new
+//! connection to one target of the listener's forward action: a target group drawn by
+//! the action's weights, then the group's next healthy target (round robin), at that
+//! target's loopback stand-in. As on AWS:
+//!
+//! - **Its own health checks.** Every registered target of a group a listener uses is
+//!   probed by the stand-in itself, as the group's health check says (HTTP `GET` of its
+//!   path expecting 200-399, or a TCP connect; its port, interval, timeout and
+//!   thresholds). A target is `initial` until it passes `HealthyThresholdCount` checks in
+//!   a row (or fails `UnhealthyThresholdCount`), then `healthy` or `unhealthy`. The
+//!   verdicts are written to a file the wrapped emulator answers `DescribeTargetHealth`
+//!   from (`moto_elb.py`), so the deployer reads what the stand-in routes by, not
+//!   moto's always-healthy answer.
+//! - **Fail open.** A group with no healthy target sends connections to all its
+//!   registered targets.
+//! - **Propagation.** A change of the listener's weights reaches new connections after
+//!   the propagation delay; a connection keeps its target for its whole life.
+//! - **Draining.** A deregistered target gets no new connection; those open stay.
+//!
+//! Health-check intervals and timeouts may be scaled (`check_scale`) so that tests need
+//! not wait AWS's 5-30 s intervals; thresholds are kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_elasticloadbalancingv2 as elb;
+use elb::types::{ActionTypeEnum, LoadBalancerStateEnum, LoadBalancerTypeEnum};
+
+use super::Shared;
+
+/// Connecting to a target that does not answer gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A port that could not be bound is tried again after this long.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the emulator holds, as one tick of the runner reads it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct View {
+    /// Active network balancers.
+    pub(crate) balancers: Vec<BalancerView>,
+    /// Every target group a listener of an active balancer forwards to, by ARN.
+    pub(crate) groups: BTreeMap<String, GroupView>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct BalancerView {
+    pub(crate) arn: String,
+    /// The addresses of its subnet mappings (loopback only are used).
+    pub(crate) addresses: Vec<Ipv4Addr>,
+    /// Listener port -> (target group ARN, weight) of its forward action.
+    pub(crate) listeners: BTreeMap<u16, Vec<(String, u32)>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GroupView {
+    pub(crate) check: HealthCheck,
+    /// Registered targets (not draining): instance id and port.
+    pub(crate) targets: Vec<(String, u16)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HealthCheck {
+    /// `Some(path)`: HTTP GET; `None`: a TCP connect.
+    pub(crate) http_path: Option<String>,
+    /// `None`: the target's own port ("traffic-port").
+    pub(crate) port: Option<u16>,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) healthy_threshold: u32,
+    pub(crate) unhealthy_threshold: u32,
+}
+
+fn sdk_err<E: std::error::Error>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {}", aws_sdk_ec2::error::DisplayErrorContext(&e))
+}
+
+/// Reads the emulator's balancers, listeners, target groups and registrations.
+pub(crate) async fn observe(client: &elb::Client) -> Result<View, String> {
+    let out = client
+        .describe_load_balancers()
+        .send()
+        .await
+        .map_err(sdk_err("DescribeLoadBalancers"))?;
+    let mut view = View::default();
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    for lb in out.load_balancers() {
+        let active = lb.state().and_then(|s| s.code()) == Some(&LoadBalancerStateEnum::Active);
+        if lb.r#type() != Some(&LoadBalancerTypeEnum::Network) || !active {
+            continue;
+        }
+        let Some(arn) = lb.load_balancer_arn() else {
+            continue;
+        };
+        let addresses = lb
+            .availability_zones()
+            .iter()
+            .flat_map(|z| z.load_balancer_addresses())
+            .filter_map(|a| a.ip_address()?.parse().ok())
+            .collect();
+        let listeners_out = client
+            .describe_listeners()
+            .load_balancer_arn(arn)
+            .send()
+            .await
+            .map_err(sdk_err("DescribeListeners"))?;
+        let mut listeners = BTreeMap::new();
+        for l in listeners_out.listeners() {
+            let Some(port) = l.port().and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            let Some(forward) = l
+                .default_actions()
+                .iter()
+                .find(|a| a.r#type() == Some(&ActionTypeEnum::Forward))
+            else {
+                continue;
+            };
+            let groups: Vec<(String, u32)> = match forward.forward_config() {
+                Some(cfg) if !cfg.target_groups().is_empty() => cfg
+                    .target_groups()
+                    .iter()
+                    .filter_map(|g| {
+                        let w = g.weight().unwrap_or(1).max(0) as u32;
+                        Some((g.target_group_arn()?.to_string(), w))
+                    })
+                    .collect(),
+                _ => forward
+                    .target_group_arn()
+                    .map(|a| vec![(a.to_string(), 1)])
+                    .unwrap_or_default(),
+            };
+            used.extend(groups.iter().map(|(a, _)| a.clone()));
+            listeners.insert(port, groups);
+        }
+        view.balancers.push(BalancerView {
+            arn: arn.to_string(),
+            addresses,
+            listeners,
+        });
+    }
+    if used.is_empty() {
+        return Ok(view);
+    }
+    let groups = client
+        .describe_target_groups()
+        .set_target_group_arns(Some(used.iter().cloned().collect()))
+        .send()
+        .await
+        .map_err(sdk_err("DescribeTargetGroups"))?;
+    for g in groups.target_groups() {
+        let Some(arn) = g.target_group_arn() else {
+            continue;
+        };
+        let http = matches!(
+            g.health_check_protocol().map(|p| p.as_str()),
+            Some("HTTP") | Some("HTTPS")
+        );
+        let secs = |s: Option<i32>, default: u64| {
+            Duration::from_secs(s.and_then(|s| u64::try_from(s).ok()).unwrap_or(default))
+        };
+        let check = HealthCheck {
+            http_path: http.then(|| g.health_check_path().unwrap_or("/").to_string()),
+            port: g.health_check_port().and_then(|p| p.parse().ok()),
+            interval: secs(g.health_check_interval_seconds(), 30),
+            timeout: secs(g.health_check_timeout_seconds(), 10),
+            healthy_threshold: g.healthy_threshold_count().unwrap_or(5).max(1) as u32,
+            unhealthy_threshold: g.unhealthy_threshold_count().unwrap_or(2).max(1) as u32,
+        };
+        let health = client
+            .describe_target_health()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .map_err(sdk_err("DescribeTargetHealth"))?;
+        let targets = health
+            .target_health_descriptions()
+            .iter()
+            .filter(|d| {
+                let state = d
+                    .target_health()
+                    .and_then(|h| h.state())
+                    .map(|s| s.as_str());
+                !matches!(state, Some("draining") | Some("unused"))
+            })
+            .filter_map(|d| {
+                let t = d.target()?;
+                let port = t.port().and_then(|p| u16::try_from(p).ok())?;
+                Some((t.id()?.to_string(), port))
+            })
+            .collect();
+        view.groups
+            .insert(arn.to_string(), GroupView { check, targets });
+    }
+    Ok(view)
+}
+
+/// The stand-in's verdict on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetState {
+    Initial,
+    Healthy,
+    Unhealthy,
+}
+
+impl TargetState {
+    fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Initial => "initial",
+            TargetState::Healthy => "healthy",
+            TargetState::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One target's health checks so far.
+#[derive(Debug)]
+struct Check {
+    state: TargetState,
+    passes: u32,
+    fails: u32,
+    next_at: Instant,
+    in_flight: bool,
+}
+
+impl Check {
+    /// Counts one probe's outcome under `hc`'s thresholds.
+    fn record(&mut self, ok: bool, hc: &HealthCheck) {
+        if ok {
+            self.passes += 1;
+            self.fails = 0;
+            if self.passes >= hc.healthy_threshold {
+                self.state = TargetState::Healthy;
+            }
+        } else {
+            self.fails += 1;
+            self.passes = 0;
+            if self.fails >= hc.unhealthy_threshold {
+                self.state = TargetState::Unhealthy;
+            }
+        }
+    }
+}
+
+/// Where a listener's new connections go: the groups with their weights and targets.
+#[derive(Debug, Default)]
+struct Route {
+    groups: Vec<RouteGroup>,
+    /// Round-robin position per group.
+    turns: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct RouteGroup {
+    weight: u32,
+    /// Healthy targets' stand-ins, or every registered one when none is healthy.
+    backends: Vec<SocketAddr>,
+}
+
+impl Route {
+    /// The target for a new connection; `None` when nothing can take it.
+    fn pick(&mut self) -> Option<SocketAddr> {
+        let live: Vec<usize> = (0..self.groups.len())
+            .filter(|i| self.groups[*i].weight > 0 && !self.groups[*i].backends.is_empty())
+            .collect();
+        let total: u32 = live.iter().map(|i| self.groups[*i].weight).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut draw = rand::random_range(0..total);
+        let mut chosen = live[0];
+        for i in live {
+            if draw < self.groups[i].weight {
+                chosen = i;
+                break;
+            }
+            draw -= self.groups[i].weight;
+        }
+        self.turns.resize(self.groups.len(), 0);
+        let g = &self.groups[chosen];
+        let turn = self.turns[chosen];
+        self.turns[chosen] = turn.wrapping_add(1);
+        Some(g.backends[turn % g.backends.len()])
+    }
+}
+
+struct Balancer {
+    /// Listener port -> its routing table.
+    routes: BTreeMap<u16, Arc<Mutex<Route>>>,
+    /// Listener port -> (weights the emulator has, since when); applied after the
+    /// propagation delay.
+    wanted: BTreeMap<u16, (Vec<(String, u32)>, Instant)>,
+    /// Listener port -> the weights in effect.
+    applied: BTreeMap<u16, Vec<(String, u32)>>,
+    listeners: BTreeMap<(Ipv4Addr, u16), tokio::task::JoinHandle<()>>,
+    retry_at: BTreeMap<(Ipv4Addr, u16), Instant>,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        for l in self.listeners.values() {
+            l.abort();
+        }
+    }
+}
+
+/// Every balancer stand-in of the local cloud, driven by the runner's ticks.
+pub(crate) struct Balancers {
+    shared: Arc<Mutex<Shared>>,
+    delay: Duration,
+    check_scale: f64,
+    health_file: PathBuf,
+    balancers: BTreeMap<String, Balancer>,
+    /// (target group ARN, instance id) -> its checks.
+    checks: Arc<Mutex<BTreeMap<(String, String), Check>>>,
+    written: String,
+}
+
+impl Balancers {
+    pub(crate) fn new(
+        shared: Arc<Mutex<Shared>>,
+        delay: Duration,
+        check_scale: f64,
+        health_file: PathBuf,
+    ) -> Balancers {
+        Balancers {
+            shared,
+            delay,
+            check_scale,
+            health_file,
+            balancers: BTreeMap::new(),
+            checks: Arc::new(Mutex::new(BTreeMap::new())),
+            written: String::new(),
+        }
+    }
+
+    /// The addresses some balancer holds: the Elastic IP forwarders leave them alone.
+    pub(crate) fn addresses(view: &View) -> BTreeSet<Ipv4Addr> {
+        view.balancers
+            .iter()
+            .flat_map(|b| b.addresses.iter().copied())
+            .collect()
+    }
+
+    /// Follows the emulator: probes what is due, writes the verdicts, rebuilds routes
+    /// and listens where needed. Must run inside the runtime.
+    pub(crate) fn update(&mut self, view: &View) {
+        let now = Instant::now();
+        let standins: BTreeMap<String, Ipv4Addr> = {
+            let shared = lock(&self.shared);
+            shared
+                .instances
+                .iter()
+                .filter(|(_, i)| matches!(i.status, super::InstanceStatus::Serving(_)))
+                .map(|(id, i)| (id.clone(), i.standin))
+                .collect()
+        };
+        self.probe_due(view, &standins, now);
+        self.write_verdicts();
+        let present: BTreeSet<&str> = view.balancers.iter().map(|b| b.arn.as_str()).collect();
+        self.balancers
+            .retain(|arn, _| present.contains(arn.as_str()));
+        let checks = lock(&self.checks);
+        let mut table: BTreeMap<(Ipv4Addr, u16), Vec<(u32, Vec<SocketAddr>)>> = BTreeMap::new();
+        for b in &view.balancers {
+            let entry = self
+                .balancers
+                .entry(b.arn.clone())
+                .or_insert_with(|| Balancer {
+                    routes: BTreeMap::new(),
+                    wanted: BTreeMap::new(),
+                    applied: BTreeMap::new(),
+                    listeners: BTreeMap::new(),
+                    retry_at: BTreeMap::new(),
+                });
+            entry
+                .routes
+                .retain(|port, _| b.listeners.contains_key(port));
+            entry
+                .applied
+                .retain(|port, _| b.listeners.contains_key(port));
+            entry
+                .wanted
+                .retain(|port, _| b.listeners.contains_key(port));
+            entry
+                .listeners
+                .retain(|(ip, port), _| b.listeners.contains_key(port) && b.addresses.contains(ip));
+            for (port, groups) in &b.listeners {
+                let w = entry
+                    .wanted
+                    .entry(*port)
+                    .or_insert_with(|| (groups.clone(), now - self.delay));
+                if &w.0 != groups {
+                    *w = (groups.clone(), now);
+                }
+                if now.duration_since(w.1) >= self.delay {
+                    if entry.applied.get(port) != Some(&w.0) {
+                        tracing::info!(
+                            "local cloud: balancer {} :{port} now weighs {:?}",
+                            b.arn,
+                            w.0
+                        );
+                    }
+                    entry.applied.insert(*port, w.0.clone());
+                }
+                let applied = entry.applied.get(port).cloned().unwrap_or_default();
+                let route_groups: Vec<RouteGroup> = applied
+                    .iter()
+                    .map(|(arn, weight)| RouteGroup {
+                        weight: *weight,
+                        backends: backends(arn, view, &standins, &checks),
+                    })
+                    .collect();
+                let route = entry.routes.entry(*port).or_default().clone();
+                {
+                    let mut r = lock(&route);
+                    if r.groups != route_groups {
+                        r.groups = route_groups.clone();
+                    }
+                }
+                for ip in &b.addresses {
+                    table.insert(
+                        (*ip, *port),
+                        route_groups
+                            .iter()
+                            .map(|g| (g.weight, g.backends.clone()))
+                            .collect(),
+                    );
+                    if !ip.is_loopback() {
+                        continue; // never listen on, nor connect to, anything but loopback
+                    }
+                    let key = (*ip, *port);
+                    if entry.listeners.contains_key(&key)
+                        || entry.retry_at.get(&key).is_some_and(|t| now < *t)
+                    {
+                        continue;
+                    }
+                    match listen(*ip, *port, route.clone()) {
+                        Ok(task) => {
+                            entry.listeners.insert(key, task);
+                            entry.retry_at.remove(&key);
+                        }
+                        Err(err) => {
+                            tracing::warn!("local cloud: cannot listen on {ip}:{port}: {err}");
+                            entry.retry_at.insert(key, now + BIND_RETRY);
+                        }
+                    }
+                }
+            }
+        }
+        drop(checks);
+        lock(&self.shared).balancers = table;
+    }
+
+    /// Starts the health checks that are due, and forgets targets no longer registered.
+    fn probe_due(&self, view: &View, standins: &BTreeMap<String, Ipv4Addr>, now: Instant) {
+        let mut checks = lock(&self.checks);
+        let registered: BTreeSet<(String, String)> = view
+            .groups
+            .iter()
+            .flat_map(|(arn, g)| {
+                g.targets
+                    .iter()
+                    .map(move |(id, _)| (arn.clone(), id.clone()))
+            })
+            .collect();
+        checks.retain(|k, _| registered.contains(k));
+        for (arn, g) in &view.groups {
+            let interval = g.check.interval.mul_f64(self.check_scale);
+            let timeout = g
+                .check
+                .timeout
+                .mul_f64(self.check_scale)
+                .max(Duration::from_millis(200));
+            for (id, port) in &g.targets {
+                let key = (arn.clone(), id.clone());
+                let c = checks.entry(key.clone()).or_insert(Check {
+                    state: TargetState::Initial,
+                    passes: 0,
+                    fails: 0,
+                    next_at: now,
+                    in_flight: false,
+                });
+                if c.in_flight || now < c.next_at {
+                    continue;
+                }
+                c.in_flight = true;
+                c.next_at = now + interval;
+                let addr = standins
+                    .get(id)
+                    .map(|ip| SocketAddr::from((*ip, g.check.port.unwrap_or(*port))));
+                let hc = g.check.clone();
+                let all = self.checks.clone();
+                tokio::spawn(async move {
+                    let ok = match addr {
+                        Some(a) => probe(a, hc.http_path.as_deref(), timeout).await,
+                        None => false, // not booted, or its process is gone
+                    };
+                    if let Some(c) = lock(&all).get_mut(&key) {
+                        c.in_flight = false;
+                        c.record(ok, &hc);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Writes the verdicts for the emulator's `DescribeTargetHealth` (atomically, only
+    /// when they changed).
+    fn write_verdicts(&mut self) {
+        let mut doc: BTreeMap<String, BTreeMap<String, &str>> = BTreeMap::new();
+        for ((arn, id), c) in lock(&self.checks).iter() {
+            if c.state != TargetState::Initial {
+                doc.entry(arn.clone())
+                    .or_default()
+                    .insert(id.clone(), c.state.as_str());
+            }
+        }
+        let text = serde_json::to_string(&doc).unwrap_or_default();
+        if text == self.written {
+            return;
+        }
+        let tmp = self.health_file.with_extension("tmp");
+        match std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &self.health_file)) {
+            Ok(()) => self.written = text,
+            Err(e) => tracing::warn!("local cloud: writing {}: {e}", self.health_file.display()),
+        }
+    }
+
+    pub(crate) fn stop_all(&mut self) {
+        self.balancers.clear();
+        lock(&self.shared).balancers.clear();
+    }
+}
+
+/// The stand-ins group `arn` sends to: its healthy targets, else (fail open) all of
+/// its registered targets that run.
+fn backends(
+    arn: &str,
+    view: &View,
+    standins: &BTreeMap<String, Ipv4Addr>,
+    checks: &BTreeMap<(String, String), Check>,
+) -> Vec<SocketAddr> {
+    let Some(g) = view.groups.get(arn) else {
+        return Vec::new();
+    };
+    let at = |id: &str, port: u16| standins.get(id).map(|ip| SocketAddr::from((*ip, port)));
+    let healthy: Vec<SocketAddr> = g
+        .targets
+        .iter()
+        .filter(|(id, _)| {
+            checks
+                .get(&(arn.to_string(), id.clone()))
+                .is_some_and(|c| c.state == TargetState::Healthy)
+        })
+        .filter_map(|(id, port)| at(id, *port))
+        .collect();
+    if !healthy.is_empty() {
+        return healthy;
+    }
+    g.targets
+        .iter()
+        .filter_map(|(id, port)| at(id, *port))
+        .collect()
+}
+
+/// One health check of `addr`: an HTTP GET of `path` answered 200-399, or (no path) a
+/// TCP connect, within `timeout`.
+async fn probe(addr: SocketAddr, path: Option<&str>, timeout: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let Some(path) = path else { return Some(true) };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ELB-HealthChecker/2.0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut head = [0u8; 16];
+        let mut n = 0;
+        while n < 12 {
+            let k = s.read(&mut head[n..]).await.ok()?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        let line = std::str::from_utf8(&head[..n]).ok()?;
+        let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some((200..400).contains(&code))
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}
+
+fn listen(
+    ip: Ipv4Addr,
+    port: u16,
+    route: Arc<Mutex<Route>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let std_listener = std::net::TcpListener::bind(SocketAddr::from((ip, port)))?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let mut inbound = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("local cloud: accept on {ip}:{port}: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // The target is chosen when the connection arrives and kept for its life.
+            let backend = lock(&route).pick();
+            tokio::spawn(async move {
+                let Some(backend) = backend else { return };
+                debug_assert!(backend.ip().is_loopback());
+                let connect = tokio::net::TcpStream::connect(backend);
+                let Ok(Ok(mut outbound)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await
+                else {
+                    return;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hc() -> HealthCheck {
+        HealthCheck {
+            http_path: Some("/readyz".into()),
+            port: None,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(6),
+            healthy_threshold: 3,
+            unhealthy_threshold: 2,
+        }
+    }
+
+    #[test]
+    fn a_target_turns_healthy_after_the_threshold_and_unhealthy_after_its_own() {
+        let mut c = Check {
+            state: TargetState::Initial,
+            passes: 0,
+            fails: 0,
+            next_at: Instant::now(),
+            in_flight: false,
+        };
+        c.record(true, &hc());
+        c.record(true, &hc());
+        assert_eq!(c.state, TargetState::Initial, "two passes of three");
+        c.record(true, &hc());
+        assert_eq!(c.state, TargetState::Healthy);
+        c.record(false, &hc());
+        assert_eq!(c.state, TargetState::Healthy, "one failure of two");
+        c.record(true, &hc());
+        c.record(false, &hc());
+        assert_eq!(c.state, TargetState::Healthy, "failures must be in a row");
+        c.record(false, &hc());
+        assert_eq!(c.state, TargetState::Unhealthy);
+    }
+
+    #[test]
+    fn weights_split_new_connections_and_zero_weight_gets_none() {
+        let a: SocketAddr = "127.0.0.2:80".parse().unwrap();
+        let b: SocketAddr = "127.0.0.3:80".parse().unwrap();
+        let c: SocketAddr = "127.0.0.4:80".parse().unwrap();
+        let mut r = Route {
+            groups: vec![
+                RouteGroup {
+                    weight: 90,
+                    backends: vec![a, b],
+                },
+                RouteGroup {
+                    weight: 10,
+                    backends: vec![c],
+                },
+            ],
+            turns: Vec::new(),
+        };
+        let mut counts: BTreeMap<SocketAddr, u32> = BTreeMap::new();
+        for _ in 0..2000 {
+            *counts.entry(r.pick().unwrap()).or_default() += 1;
+        }
+        let canary = counts[&c];
+        assert!((100..=300).contains(&canary), "10% of 2000, got {canary}");
+        assert!(
+            counts[&a].abs_diff(counts[&b]) <= 1,
+            "round robin: {counts:?}"
+        );
+        r.groups[1].weight = 0;
+        assert!((0..200).all(|_| r.pick() != Some(c)));
+        r.groups[0].backends.clear();
+        assert_eq!(r.pick(), None, "no group can take it");
+    }
+}
