@@ -30,10 +30,7 @@ impl Resource for IamRolePolicy {
                 Attr::once_exists(known, Kind::IamRole, &role_name(cfg)),
             ),
             Want::replace("name", Attr::text(&policy_name(cfg))),
-            Want::in_place(
-                "policy",
-                Attr::Known(artifact_read_policy(&cfg.artifacts.bucket)),
-            ),
+            Want::in_place("policy", Attr::Known(artifact_read_policy(cfg))),
         ]
     }
 
@@ -78,7 +75,7 @@ impl Resource for IamRolePolicy {
                     .put_role_policy()
                     .role_name(&role)
                     .policy_name(policy_name(s.cfg))
-                    .policy_document(artifact_read_policy(&s.cfg.artifacts.bucket).to_string())
+                    .policy_document(artifact_read_policy(s.cfg).to_string())
                     .send()
                     .await
                     .map_err(|e| AwsError::new(KIND.address(), "PutRolePolicy", e))

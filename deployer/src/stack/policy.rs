@@ -2,6 +2,8 @@
 
 use serde_json::{Value, json};
 
+use crate::config::{Config, TlsMode};
+
 /// The instance role's trust policy.
 pub fn assume_role_policy() -> Value {
     json!({
@@ -14,20 +16,45 @@ pub fn assume_role_policy() -> Value {
     })
 }
 
-/// The instance role's only permission: read releases and models, nothing else.
-pub fn artifact_read_policy(bucket: &str) -> Value {
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "ReadReleasesAndModels",
+/// The instance role's permissions: read releases and models; with `tls = "acme"` also
+/// read and write `tls/*` (the ACME account, the certificate and the renewal lock, which
+/// only the instance role may touch), list that prefix (so a missing object is a 404,
+/// not a 403), and use the KMS key when one is configured (SSE-KMS).
+pub fn artifact_read_policy(cfg: &Config) -> Value {
+    let bucket = &cfg.artifacts.bucket;
+    let mut statements = vec![json!({
+        "Sid": "ReadReleasesAndModels",
+        "Effect": "Allow",
+        "Action": "s3:GetObject",
+        "Resource": [
+            format!("arn:aws:s3:::{bucket}/releases/*"),
+            format!("arn:aws:s3:::{bucket}/models/*")
+        ]
+    })];
+    if cfg.tls == TlsMode::Acme {
+        statements.push(json!({
+            "Sid": "TlsStore",
             "Effect": "Allow",
-            "Action": "s3:GetObject",
-            "Resource": [
-                format!("arn:aws:s3:::{bucket}/releases/*"),
-                format!("arn:aws:s3:::{bucket}/models/*")
-            ]
-        }]
-    })
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": format!("arn:aws:s3:::{bucket}/tls/*")
+        }));
+        statements.push(json!({
+            "Sid": "TlsStoreList",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": format!("arn:aws:s3:::{bucket}"),
+            "Condition": { "StringLike": { "s3:prefix": "tls/*" } }
+        }));
+        if let Some(key) = &cfg.https.kms_key_id {
+            statements.push(json!({
+                "Sid": "TlsStoreKey",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": key
+            }));
+        }
+    }
+    json!({ "Version": "2012-10-17", "Statement": statements })
 }
 
 /// A policy document as JSON, whether AWS sent it URL-encoded (as IAM does, per RFC
@@ -76,13 +103,30 @@ mod tests {
 
     #[test]
     fn policy_names_only_the_artifact_prefixes() {
-        let p = artifact_read_policy("arts");
+        let text = include_str!("../../../deploy.example.toml");
+        let mut cfg = Config::parse(text, std::path::Path::new("deploy.example.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        cfg.artifacts.bucket = "arts".into();
+        let p = artifact_read_policy(&cfg);
         let s = &p["Statement"];
         assert_eq!(s.as_array().map(Vec::len), Some(1));
         assert_eq!(s[0]["Action"], json!("s3:GetObject"));
         assert_eq!(
             s[0]["Resource"],
             json!(["arn:aws:s3:::arts/releases/*", "arn:aws:s3:::arts/models/*"])
+        );
+        // HTTPS on: tls/* read and write, listing only that prefix; the key when given.
+        cfg.tls = TlsMode::Acme;
+        let p = artifact_read_policy(&cfg);
+        let s = p["Statement"].as_array().cloned().unwrap_or_default();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[1]["Resource"], json!("arn:aws:s3:::arts/tls/*"));
+        assert_eq!(s[2]["Condition"]["StringLike"]["s3:prefix"], json!("tls/*"));
+        cfg.https.kms_key_id = Some("arn:aws:kms:us-east-1:111122223333:key/k".into());
+        let p = artifact_read_policy(&cfg);
+        assert_eq!(
+            p["Statement"][3]["Action"],
+            json!(["kms:Decrypt", "kms:GenerateDataKey"])
         );
     }
 }

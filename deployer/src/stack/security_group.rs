@@ -34,6 +34,12 @@ fn description(cfg: &Config) -> String {
 /// `tcp/8080-8080 from 0.0.0.0/0`.
 pub fn wanted_ingress(cfg: &Config) -> Vec<String> {
     let mut rules = vec![format!("tcp/{p}-{p} from 0.0.0.0/0", p = cfg.api_port)];
+    // HTTPS and the ACME HTTP-01 challenge (the CA connects from anywhere), only when on.
+    if cfg.tls == crate::config::TlsMode::Acme {
+        for p in [cfg.https.port, cfg.https.challenge_port] {
+            rules.push(format!("tcp/{p}-{p} from 0.0.0.0/0"));
+        }
+    }
     if let Some(cidr) = &cfg.ssh_cidr {
         rules.push(format!("tcp/22-22 from {cidr}"));
     }
