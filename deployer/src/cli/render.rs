@@ -175,3 +175,31 @@ pub async fn print_certificate(d: &deployer::Deployer) {
         Err(e) => println!("\nHTTPS certificate: cannot look it up: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_line_names_identity_issuer_and_expiry() {
+        let stored = |remaining_s, matches_ip| CertificateView::Stored {
+            ip: "127.0.0.9".into(),
+            identity: "IP:127.0.0.9".into(),
+            issuer: "CN=Pebble Intermediate CA 0a".into(),
+            serial: "0b".into(),
+            not_after: "2026-12-05T10:00:00Z".into(),
+            remaining_s,
+            matches_ip,
+        };
+        assert_eq!(
+            CertificateLine(&stored(576_000 + 59 * 60, true)).to_string(),
+            "HTTPS certificate for 127.0.0.9: IP:127.0.0.9, issuer CN=Pebble Intermediate CA 0a, serial 0b, expires 2026-12-05T10:00:00Z (in 160h 59m)"
+        );
+        let bad = CertificateLine(&stored(0, false)).to_string();
+        assert!(
+            bad.ends_with("(EXPIRED) (NOT valid for 127.0.0.9)"),
+            "{bad}"
+        );
+        assert_eq!(CertificateLine(&CertificateView::Off).to_string(), "");
+    }
+}
