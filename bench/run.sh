@@ -5,8 +5,9 @@
 #   etl     the pipeline's load of the full generated dataset vs psql \copy (floor)
 #   train   pipeline train's logistic fit vs scikit-learn's LogisticRegression
 #   server  this server vs Flask (dev server, gunicorn) and a hello-world hyper server
+#   plan    a no-op deployer plan's requests and time vs the per-resource refresh
 #
-# Usage: bench/run.sh [etl] [train] [server]     (default: all three)
+# Usage: bench/run.sh [etl] [train] [server] [plan]     (default: all four)
 # Installs what it needs first (tools/bootstrap.sh: PostgreSQL, the emulator venv; the
 # train and server benchmarks make their own Python venvs under out/, and the server
 # benchmark installs Debian's wrk when it is missing). Everything runs on loopback.
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT=out/bench
 mkdir -p "$OUT"
 WHICH=("$@")
-[ ${#WHICH[@]} -eq 0 ] && WHICH=(etl train server)
+[ ${#WHICH[@]} -eq 0 ] && WHICH=(etl train server plan)
 
 bash tools/bootstrap.sh
 
@@ -32,8 +33,8 @@ machine() {
 MACHINE=$(machine)
 for b in "${WHICH[@]}"; do
   case "$b" in
-    etl | train | server) ;;
-    *) echo "unknown benchmark '$b' (etl, train, server)" >&2; exit 2 ;;
+    etl | train | server | plan) ;;
+    *) echo "unknown benchmark '$b' (etl, train, server, plan)" >&2; exit 2 ;;
   esac
   echo "==> bench/$b/run.sh"
   bash "bench/$b/run.sh" 2>&1 | tee "$OUT/$b.log"
@@ -49,6 +50,7 @@ done
       etl) grep -E '^median of' "$OUT/etl.log" | sed 's/^/  etl:    /' ;;
       train) grep -E '^(linfa / sklearn fit time|AUC difference)' "$OUT/train.log" | sed 's/^/  train:  /' ;;
       server) grep -E '^rust / (flask-dev|gunicorn|hello) ' "$OUT/server.log" | sed 's/^/  server: /' ;;
+      plan) grep -E '^median of' "$OUT/plan.log" | sed 's/^/  plan:   /' ;;
     esac
   done
 } | tee "$OUT/summary.txt"

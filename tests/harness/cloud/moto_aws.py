@@ -28,6 +28,11 @@ Always (a fidelity fix, whatever the configuration): an interface that an Elasti
 leaves through AssociateAddress with AllowReassociation gets a new public address of
 its own, as on AWS (moto keeps showing the Elastic IP on it).
 
+Apart from LOCAL_CLOUD_AWS, LOCAL_CLOUD_LATENCY_MS (unset or 0 = none) delays every
+request by that many milliseconds before it is served, as AWS's own round trip
+(50-300 ms) would: the plan benchmark (bench/plan) prices sequential calls with it.
+Requests are served on threads of their own, so concurrent ones wait together.
+
 Network Load Balancers (their provisioning, interfaces, Elastic IPs and target health)
 are in moto_elb.py, configured by the same object.
 
@@ -444,12 +449,28 @@ def install():
     AB.release_address = release_address
 
 
+def add_latency():
+    delay = float(os.environ.get("LOCAL_CLOUD_LATENCY_MS") or 0) / 1000
+    if delay <= 0:
+        return
+    from moto.core import utils as core_utils
+
+    served = core_utils.convert_to_flask_response.__call__
+
+    def delayed(self, *args, **kwargs):
+        time.sleep(delay)
+        return served(self, *args, **kwargs)
+
+    core_utils.convert_to_flask_response.__call__ = delayed
+
+
 def main():
     install()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import moto_elb
 
     moto_elb.install(CONFIG)
+    add_latency()
     from moto.server import main as moto_main
 
     sys.stderr.write(f"local cloud AWS behaviours: {json.dumps(CONFIG, sort_keys=True)}\n")
