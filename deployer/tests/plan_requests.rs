@@ -94,6 +94,12 @@ fn a_plan_reads_each_kind_once_besides_the_state_and_the_lock() {
     assert_one_per_type("a no-op plan", &by);
     let total: usize = by.values().sum();
     assert_eq!(total, REFRESH.len() + 3, "{by:#?}");
+
+    // An apply starts with the same refresh: with nothing to do, the same requests.
+    let (apply, by) = recorded(&s, &["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    assert!(apply.stdout.contains("No changes."), "{}", apply.stdout);
+    assert_one_per_type("a no-op apply", &by);
 }
 
 /// Both refreshes of `state`, which must agree; the batched one's.
