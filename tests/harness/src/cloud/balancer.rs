@@ -42,6 +42,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How one listener address spreads new connections: (weight, backends) per target
+/// group of its forward action.
+pub type Spread = Vec<(u32, Vec<SocketAddr>)>;
+
 /// What the emulator holds, as one tick of the runner reads it.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct View {
@@ -369,7 +373,7 @@ impl Balancers {
         self.balancers
             .retain(|arn, _| present.contains(arn.as_str()));
         let checks = lock(&self.checks);
-        let mut table: BTreeMap<(Ipv4Addr, u16), Vec<(u32, Vec<SocketAddr>)>> = BTreeMap::new();
+        let mut table: BTreeMap<(Ipv4Addr, u16), Spread> = BTreeMap::new();
         for b in &view.balancers {
             let entry = self
                 .balancers

@@ -246,7 +246,7 @@ pub(crate) struct Shared {
     pub(crate) eips: BTreeMap<Ipv4Addr, Option<Ipv4Addr>>,
     /// (balancer address, listener port) -> the weights and backends new connections
     /// are spread over.
-    pub(crate) balancers: BTreeMap<(Ipv4Addr, u16), Vec<(u32, Vec<std::net::SocketAddr>)>>,
+    pub(crate) balancers: BTreeMap<(Ipv4Addr, u16), balancer::Spread>,
     /// Where the process groups of every instance are listed for the watchdog.
     pub(crate) pgids_file: Option<PathBuf>,
 }
@@ -467,11 +467,7 @@ impl LocalCloud {
     /// How the balancer stand-in listening on `ip:port` spreads new connections now:
     /// (weight, backends) per target group of the listener; `None` when no balancer
     /// listens there.
-    pub fn balancer_route(
-        &self,
-        ip: Ipv4Addr,
-        port: u16,
-    ) -> Option<Vec<(u32, Vec<std::net::SocketAddr>)>> {
+    pub fn balancer_route(&self, ip: Ipv4Addr, port: u16) -> Option<balancer::Spread> {
         self.lock().balancers.get(&(ip, port)).cloned()
     }
 

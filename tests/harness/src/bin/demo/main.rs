@@ -605,7 +605,7 @@ fn curl_https(addr: SocketAddr, root: &std::path::Path) -> anyhow::Result<()> {
             let last = err
                 .lines()
                 .filter(|l| !l.starts_with(['>', '<', '{', '}']))
-                .last();
+                .next_back();
             bail!("curl {url} ({}): {}", out.status, last.unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(500));
