@@ -118,9 +118,9 @@ pub struct Observed {
 
 /// Reads every resource of the stack: through the state's ids, else by tags or names.
 ///
-/// One listing per EC2 type (by the stack's tags) and one read per IAM resource,
-/// at most [`crate::stack::REFRESH_CONCURRENCY`] calls at a time ([`Stack::refreshing`]): first
-/// every read the state's ids call for, all at once ([`prefetch`]); then each
+/// One listing per EC2 type (by the stack's tags) and one read per IAM resource, at
+/// most [`crate::stack::REFRESH_CONCURRENCY`] calls at a time ([`Stack::refreshing`]):
+/// first every read the state's ids call for, all at once (`prefetch`); then each
 /// resource in dependency order, as [`refresh_per_resource`] does, answered from what
 /// was read. A resource the listing lacks (its tags changed by hand, or gone) is read
 /// by its id, as before.
