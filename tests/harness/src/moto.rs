@@ -276,6 +276,8 @@ impl Moto {
         let path = recording_path(self.port);
         let text =
             fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        // The next recording starts a new file.
+        let _ = fs::remove_file(&path);
         Ok(text.lines().filter_map(Recorded::parse).collect())
     }
 
