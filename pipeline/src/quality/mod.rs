@@ -20,9 +20,11 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 mod checks;
+mod history;
 
 use checks::ROW_COUNT;
 pub use checks::{all_checks, customer_checks, feature_checks, sales_checks, store_checks};
+pub use history::{CustomerTables, run_history_checks};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,14 +133,10 @@ pub async fn run_checks(
     checks: &[SqlCheck],
 ) -> Result<Vec<CheckResult>, sqlx::Error> {
     let mut out = Vec::with_capacity(checks.len());
-    // The checks sort and hash whole tables (window over the type-2 history,
-    // anti-joins for relationships): with the default 4 MB they spill to disk. Raised
-    // for this transaction only.
-    sqlx::query(AssertSqlSafe(format!(
-        "SET LOCAL work_mem = '{CHECK_WORK_MEM}'"
-    )))
-    .execute(&mut *conn)
-    .await?;
+    if checks.is_empty() {
+        return Ok(out);
+    }
+    raise_work_mem(conn).await?;
     for c in checks {
         let started = std::time::Instant::now();
         let sql = format!(
@@ -167,6 +165,18 @@ pub async fn run_checks(
         });
     }
     Ok(out)
+}
+
+/// The checks sort and hash whole tables (window over the type-2 history, anti-joins
+/// for relationships): with the default 4 MB they spill to disk. Raised for the
+/// caller's transaction only.
+async fn raise_work_mem(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SET LOCAL work_mem = '{CHECK_WORK_MEM}'"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Stores results in `dq_results`, attached to a run of the ledger when there is one.
