@@ -873,6 +873,15 @@ async fn elb() -> aws_sdk_elasticloadbalancingv2::Client {
     aws_sdk_elasticloadbalancingv2::Client::new(&cloud().moto().sdk_config().await)
 }
 
+/// A unique name for a balancer or target group (at most 32 characters, no `_`).
+fn elb_name(prefix: &str) -> String {
+    harness::unique(prefix)
+        .replace('_', "-")
+        .chars()
+        .take(32)
+        .collect()
+}
+
 /// A subnet of its own in `zone` of `vpc`, routed through `rtb`.
 async fn zone_subnet(
     ec2: &aws_sdk_ec2::Client,
@@ -1047,13 +1056,7 @@ async fn a_network_load_balancer_spreads_over_healthy_targets_by_its_weights() {
     };
     let lb = elb
         .create_load_balancer()
-        .name(
-            harness::unique("nlb")
-                .replace('_', "-")
-                .chars()
-                .take(32)
-                .collect::<String>(),
-        )
+        .name(elb_name("nlb"))
         .r#type(LoadBalancerTypeEnum::Network)
         .subnet_mappings(mapping(&subnet_a, &eip_a))
         .subnet_mappings(mapping(&subnet_b, &eip_b))
@@ -1084,26 +1087,8 @@ async fn a_network_load_balancer_spreads_over_healthy_targets_by_its_weights() {
     let (b1, _) = boot_public(&ec2, &subnet_a, "lb-b1").await;
     let (b2, b2_standin) = boot_public(&ec2, &subnet_b, "lb-b2").await;
     let (g1, _) = boot_public(&ec2, &subnet_a, "lb-g1").await;
-    let blue = target_group(
-        &elb,
-        &vpc,
-        &harness::unique("blue")
-            .replace('_', "-")
-            .chars()
-            .take(32)
-            .collect::<String>(),
-    )
-    .await;
-    let green = target_group(
-        &elb,
-        &vpc,
-        &harness::unique("green")
-            .replace('_', "-")
-            .chars()
-            .take(32)
-            .collect::<String>(),
-    )
-    .await;
+    let blue = target_group(&elb, &vpc, &elb_name("blue")).await;
+    let green = target_group(&elb, &vpc, &elb_name("green")).await;
     let register = |tg: &str, ids: &[&str]| {
         let mut req = elb.register_targets().target_group_arn(tg);
         for id in ids {

@@ -33,8 +33,6 @@ use elb::types::{ActionTypeEnum, LoadBalancerStateEnum, LoadBalancerTypeEnum};
 
 use super::Shared;
 
-/// Connecting to a target that does not answer gives up after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A port that could not be bound is tried again after this long.
 const BIND_RETRY: Duration = Duration::from_secs(5);
 
@@ -608,35 +606,7 @@ fn listen(
     port: u16,
     route: Arc<Mutex<Route>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let std_listener = std::net::TcpListener::bind(SocketAddr::from((ip, port)))?;
-    std_listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let mut inbound = match listener.accept().await {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("local cloud: accept on {ip}:{port}: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // The target is chosen when the connection arrives and kept for its life.
-            let backend = lock(&route).pick();
-            tokio::spawn(async move {
-                let Some(backend) = backend else { return };
-                debug_assert!(backend.ip().is_loopback());
-                let connect = tokio::net::TcpStream::connect(backend);
-                let Ok(Ok(mut outbound)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await
-                else {
-                    return;
-                };
-                let _ = inbound.set_nodelay(true);
-                let _ = outbound.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            });
-        }
-    }))
+    super::eip::proxy(ip, port, move || lock(&route).pick())
 }
 
 #[cfg(test)]

@@ -144,6 +144,20 @@ fn listen(
     port: u16,
     target: Arc<Mutex<Option<Ipv4Addr>>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    proxy(ip, port, move || {
+        lock(&target).map(|backend| SocketAddr::from((backend, port)))
+    })
+}
+
+/// Listens on `ip:port` and forwards each new connection to the backend `choose`
+/// names when it arrives (kept for the connection's life, as AWS does); `None`, or a
+/// backend that does not answer within [`CONNECT_TIMEOUT`], closes it. The Elastic IP
+/// forwarders and the balancer stand-in ([`super::balancer`]) both run on it.
+pub(crate) fn proxy(
+    ip: Ipv4Addr,
+    port: u16,
+    choose: impl Fn() -> Option<SocketAddr> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let std_listener = std::net::TcpListener::bind(SocketAddr::from((ip, port)))?;
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
@@ -157,11 +171,13 @@ fn listen(
                     continue;
                 }
             };
-            // The backend is chosen when the connection arrives and kept for its life.
-            let backend = *lock(&target);
+            let backend = choose();
             tokio::spawn(async move {
                 let Some(backend) = backend else { return };
-                let connect = tokio::net::TcpStream::connect(SocketAddr::from((backend, port)));
+                if !backend.ip().is_loopback() {
+                    return; // never connect to anything but loopback
+                }
+                let connect = tokio::net::TcpStream::connect(backend);
                 let Ok(Ok(mut outbound)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await
                 else {
                     return;
