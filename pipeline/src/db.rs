@@ -72,7 +72,7 @@ fn query_err(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> DbError {
 /// A small pool for administrative commands.
 pub async fn connect(url: &str) -> Result<PgPool, DbError> {
     PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(6)
         .acquire_timeout(Duration::from_secs(30))
         .connect(url)
         .await

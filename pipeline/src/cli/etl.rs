@@ -307,7 +307,7 @@ pub async fn run(cmd: &EtlCommand, database_url: Option<&str>) -> anyhow::Result
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *conn)
                 .await?;
-            let results = quality::run_checks(&mut conn, &checks).await;
+            let results = quality::run_checks_combined(&mut conn, &checks).await;
             drop(conn);
             let results = match results {
                 Ok(r) => r,

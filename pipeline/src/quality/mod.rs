@@ -167,6 +167,25 @@ pub async fn run_checks(
     Ok(out)
 }
 
+/// Runs `checks` on the live tables as [`run_checks`] does, with the customer history
+/// and relationship checks combined into one query ([`run_history_checks`]); results
+/// in the order of `checks`.
+pub async fn run_checks_combined(
+    conn: &mut PgConnection,
+    checks: &[SqlCheck],
+) -> Result<Vec<CheckResult>, sqlx::Error> {
+    let mut rest = checks.to_vec();
+    let mut out = run_history_checks(&mut *conn, &mut rest, CustomerTables::LIVE).await?;
+    out.extend(run_checks(&mut *conn, &rest).await?);
+    out.sort_by_key(|r| {
+        checks
+            .iter()
+            .position(|c| c.table == r.table && c.name == r.check)
+            .unwrap_or(usize::MAX)
+    });
+    Ok(out)
+}
+
 /// The checks sort and hash whole tables (window over the type-2 history, anti-joins
 /// for relationships): with the default 4 MB they spill to disk. Raised for the
 /// caller's transaction only.
