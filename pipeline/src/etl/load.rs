@@ -13,10 +13,12 @@
 //! a missing file touches nothing.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Instant;
 
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::pgcopy;
 use super::source::ObjectReader;
@@ -65,7 +67,14 @@ pub struct Loader {
     pub progress: bool,
     /// Months loaded at once by catch-up and backfill (1 ..= [`crate::runs::MAX_JOBS`]).
     pub jobs: usize,
+    /// Chunks parsed or queued for COPY at once, over every file this loader (and its
+    /// clones) is loading.
+    budget: Arc<Semaphore>,
 }
+
+/// The loader's budget of chunks in memory at once: one per customer file loading
+/// concurrently, and one more so that parsing the next chunk overlaps sending one.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Default chunk: 1 MiB of text (30,000 activity lines, 110,000 label lines). What
 /// a chunk costs in memory is dominated by polars' frame of it (every column as text,
@@ -93,6 +102,7 @@ impl Loader {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             progress: std::io::stderr().is_terminal(),
             jobs: DEFAULT_JOBS,
+            budget: Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT)),
         }
     }
 
@@ -379,10 +389,13 @@ impl Loader {
         let mut copy = conn.copy_in_raw(&statement).await?;
 
         // Read and validate on a task of its own while this one feeds COPY, so polars'
-        // parsing overlaps PostgreSQL's ingest. The channel holds two chunks: memory
-        // stays bounded by a few chunks whatever the file size.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        // parsing overlaps PostgreSQL's ingest. A chunk is parsed only under a permit
+        // of the loader's budget, held until its rows are sent: memory is bounded by
+        // [`CHUNKS_IN_FLIGHT`] chunks however large the files and however many load at
+        // once (the three customer files, the months of a catch-up).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, OwnedSemaphorePermit)>(1);
         let chunk_bytes = self.chunk_bytes;
+        let budget = self.budget.clone();
         let bar = progress.clone();
         let producer = tokio::spawn(async move {
             let mut v = v;
@@ -391,13 +404,20 @@ impl Loader {
                 loop {
                     let more = reader.read_into(v.buffer()).await?;
                     if v.buffered() >= chunk_bytes || !more {
+                        let permit = budget
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| EtlError::Config("the chunk budget closed".into()))?;
                         if let Some(df) = v.take_frame(!more)? {
                             pgcopy::encode(&v, &df, &types, &mut out)?;
                         }
                         if !more {
                             out.extend_from_slice(pgcopy::TRAILER);
                         }
-                        if !out.is_empty() && tx.send(std::mem::take(&mut out)).await.is_err() {
+                        if !out.is_empty()
+                            && tx.send((std::mem::take(&mut out), permit)).await.is_err()
+                        {
                             // COPY failed: the consumer reports why.
                             return Ok(());
                         }
@@ -412,7 +432,7 @@ impl Loader {
             (v, r)
         });
         let mut sent: Result<(), EtlError> = Ok(());
-        'recv: while let Some(rows) = rx.recv().await {
+        'recv: while let Some((rows, _permit)) = rx.recv().await {
             // In pieces: sqlx copies each CopyData message into the connection's write
             // buffer, which keeps the capacity of the largest message it ever held.
             for piece in rows.chunks(SEND_PIECE_BYTES) {
