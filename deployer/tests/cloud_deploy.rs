@@ -16,109 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_ec2::types::Filter;
-use common::{Run, Setup, path_str, setup_with};
 use harness::cloud::LocalCloud;
 
 fn cloud() -> &'static LocalCloud {
     harness::cloud::shared()
 }
 
-/// One app on the shared local cloud: `init`, `apply`, the model in the artifact
-/// bucket, the given releases published.
-struct App {
-    s: Setup,
-    port: u16,
-}
-
-impl App {
-    async fn new(releases: &[&str]) -> App {
-        let port = harness::free_port();
-        let s = setup_with(
-            cloud().moto(),
-            &[("", "api_port", toml::Value::Integer(port.into()))],
-        );
-        let app = App { s, port };
-        app.ok(&["init"]).await;
-        app.ok(&["apply", "--auto-approve"]).await;
-        let (model, model_version) = harness::artifact::promoted_dir();
-        let s3 = app.s.clients().await.s3;
-        harness::upload_dir(&s3, &app.s.cfg.artifacts.bucket, "models", model.path()).await;
-        let server = harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"));
-        for r in releases {
-            app.ok(&[
-                "publish",
-                "--release",
-                r,
-                "--server-binary",
-                path_str(&server),
-                "--model-version",
-                &model_version,
-            ])
-            .await;
-        }
-        app
-    }
-
-    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut c = self.s.cmd(args);
-        c.envs(env.iter().copied());
-        tokio::task::spawn_blocking(move || Run::from(c.output().expect("running deployer")))
-            .await
-            .unwrap()
-    }
-
-    /// Runs the deployer and insists on success at the first try.
-    async fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run_env(args, &[]).await;
-        assert_eq!(
-            r.code,
-            0,
-            "deployer {args:?} failed:\n{}\n--- the local cloud's runner\n{}",
-            r.all(),
-            std::fs::read_to_string(cloud().runner_log()).unwrap_or_default()
-        );
-        r
-    }
-
-    /// `deploy` / `rollback` arguments: the production probe path through the map.
-    fn release_args<'a>(&'a self, head: &[&'a str]) -> Vec<&'a str> {
-        common::release_args(cloud().address_map_path(), head)
-    }
-
-    async fn state(&self) -> deployer::state::State {
-        self.s.deployer().await.read_state().await.unwrap()
-    }
-
-    /// The Elastic IP's address and the instance DescribeAddresses shows holding it.
-    async fn eip(&self) -> (IpAddr, Option<String>) {
-        let st = self.state().await;
-        let alloc = &st.resources["aws_eip.api"].id;
-        let (ip, holder) = deployer::release::eip_holder(&self.s.clients().await, alloc)
-            .await
-            .unwrap();
-        let ip: IpAddr = ip.unwrap().parse().unwrap();
-        assert!(
-            ip.is_loopback(),
-            "the emulator's Elastic IP {ip} is loopback"
-        );
-        (ip, holder)
-    }
-
-    fn boot_logs(&self, st: &deployer::state::State) -> String {
-        st.release
-            .instances
-            .values()
-            .map(|r| {
-                format!(
-                    "--- boot log of {}\n{}",
-                    r.instance_id,
-                    std::fs::read_to_string(cloud().boot_log(&r.instance_id)).unwrap_or_default()
-                )
-            })
-            .collect()
-    }
-}
+use common::app::{CloudApp as App, leftovers};
 
 /// The release `/version` reports at `ip:port`, `None` when the request fails.
 fn release_at(ip: IpAddr, port: u16) -> Option<String> {
@@ -128,57 +32,6 @@ fn release_at(ip: IpAddr, port: u16) -> Option<String> {
 /// Waits until the Elastic IP's address serves `release` (the move propagates).
 fn wait_serving(ip: IpAddr, port: u16, release: &str) {
     common::assert_serving(ip, port, release, None);
-}
-
-/// What the app left behind in the account: live instances, addresses, VPCs, its IAM
-/// role and instance profile.
-async fn leftovers(s: &Setup) -> Vec<String> {
-    let c = s.clients().await;
-    let app = &s.cfg.app;
-    let tag = Filter::builder().name("tag:app").values(app).build();
-    let mut left = Vec::new();
-    let res = c
-        .ec2
-        .describe_instances()
-        .filters(tag.clone())
-        .send()
-        .await
-        .unwrap();
-    for i in res.reservations().iter().flat_map(|r| r.instances()) {
-        let state = i.state().and_then(|s| s.name()).map(|n| n.as_str());
-        if state != Some("terminated") {
-            left.push(format!("instance {:?} ({state:?})", i.instance_id()));
-        }
-    }
-    let addrs = c
-        .ec2
-        .describe_addresses()
-        .filters(tag.clone())
-        .send()
-        .await
-        .unwrap();
-    for a in addrs.addresses() {
-        left.push(format!("address {:?}", a.allocation_id()));
-    }
-    let vpcs = c.ec2.describe_vpcs().filters(tag).send().await.unwrap();
-    for v in vpcs.vpcs() {
-        left.push(format!("vpc {:?}", v.vpc_id()));
-    }
-    let role = deployer::stack::role_name(&s.cfg);
-    if c.iam.get_role().role_name(&role).send().await.is_ok() {
-        left.push(format!("role {role}"));
-    }
-    let profile = deployer::stack::profile_name(&s.cfg);
-    if c.iam
-        .get_instance_profile()
-        .instance_profile_name(&profile)
-        .send()
-        .await
-        .is_ok()
-    {
-        left.push(format!("instance profile {profile}"));
-    }
-    left
 }
 
 /// Requests through the Elastic IP's own address, one connection each, until stopped:
@@ -230,7 +83,7 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_boot_from_user_data_and_move_behind_the_elastic_ip_on_the_first_try() {
-    let app = App::new(&["r1", "r2"]).await;
+    let app = App::new(&[], &["r1", "r2"]).await;
     let port = app.port;
 
     // r1: the instance is briefly unknown after RunInstances, it boots from its user
@@ -240,7 +93,7 @@ async fn releases_boot_from_user_data_and_move_behind_the_elastic_ip_on_the_firs
         .run_env(&app.release_args(&["deploy", "--release", "r1"]), &[])
         .await;
     let st = app.state().await;
-    assert_eq!(r.code, 0, "deploy r1:\n{}\n{}", r.all(), app.boot_logs(&st));
+    assert_eq!(r.code, 0, "deploy r1:\n{}\n{}", r.all(), app.logs().await);
     let blue = st.release.instances[&deployer::state::Color::Blue].clone();
     assert!(
         matches!(
@@ -262,8 +115,7 @@ async fn releases_boot_from_user_data_and_move_behind_the_elastic_ip_on_the_firs
     let r = app
         .run_env(&app.release_args(&["deploy", "--release", "r2"]), &[])
         .await;
-    let st = app.state().await;
-    assert_eq!(r.code, 0, "deploy r2:\n{}\n{}", r.all(), app.boot_logs(&st));
+    assert_eq!(r.code, 0, "deploy r2:\n{}\n{}", r.all(), app.logs().await);
     wait_serving(eip, port, "r2");
     std::thread::sleep(Duration::from_secs(1));
     let (requests, failed, runs) = load.finish();
@@ -295,7 +147,7 @@ async fn releases_boot_from_user_data_and_move_behind_the_elastic_ip_on_the_firs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_without_a_public_address_fails_at_the_gate_and_the_address_stays() {
-    let app = App::new(&["r1", "r2"]).await;
+    let app = App::new(&[], &["r1", "r2"]).await;
     app.ok(&app.release_args(&["deploy", "--release", "r1"]))
         .await;
     let (eip, holder) = app.eip().await;
@@ -335,7 +187,7 @@ async fn an_instance_without_a_public_address_fails_at_the_gate_and_the_address_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_cut_short_is_settled_by_the_next_run_and_the_live_colour_survives() {
-    let app = App::new(&["r1", "r2", "r3"]).await;
+    let app = App::new(&[], &["r1", "r2", "r3"]).await;
     app.ok(&app.release_args(&["deploy", "--release", "r1"]))
         .await;
     let blue = app.state().await.release.instances[&deployer::state::Color::Blue]
@@ -370,7 +222,7 @@ async fn a_move_cut_short_is_settled_by_the_next_run_and_the_live_colour_survive
         .run_env(&app.release_args(&["deploy", "--release", "r3"]), &[])
         .await;
     let st = app.state().await;
-    assert_eq!(r.code, 0, "deploy r3:\n{}\n{}", r.all(), app.boot_logs(&st));
+    assert_eq!(r.code, 0, "deploy r3:\n{}\n{}", r.all(), app.logs().await);
     assert!(
         r.stderr
             .contains("the last run moved the Elastic IP and stopped before recording it"),

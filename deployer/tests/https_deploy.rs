@@ -20,20 +20,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_ec2::types::Filter;
-use common::{Run, Setup, path_str, setup_with};
+use common::Run;
+use common::app::{CloudApp, leftovers};
 use deployer::state::Color;
-use harness::cloud::LocalCloud;
 use rustls_pki_types::ServerName;
 use tls::cert::CertInfo;
 
-fn cloud() -> &'static LocalCloud {
-    harness::cloud::shared()
+/// An app with `tls = "acme"` against the test's Pebble (its root trusted only by the
+/// deployer's `[https] roots`), on its own HTTPS port.
+struct App {
+    app: CloudApp,
+    https_port: u16,
 }
 
-struct App {
-    s: Setup,
-    https_port: u16,
+impl std::ops::Deref for App {
+    type Target = CloudApp;
+    fn deref(&self) -> &CloudApp {
+        &self.app
+    }
 }
 
 impl App {
@@ -42,10 +46,8 @@ impl App {
         let text = |s: String| toml::Value::String(s);
         let port = |p: u16| toml::Value::Integer(p.into());
         let https_port = harness::free_port();
-        let s = setup_with(
-            cloud().moto(),
+        let app = CloudApp::new(
             &[
-                ("", "api_port", port(harness::free_port())),
                 ("", "tls", text("acme".into())),
                 ("https", "port", port(https_port)),
                 ("https", "challenge_port", port(pebble.http_port())),
@@ -62,95 +64,16 @@ impl App {
                 ),
                 ("https", "check_interval_seconds", port(1)),
             ],
-        );
-        let app = App { s, https_port };
-        app.ok(&["init"]).await;
-        app.ok(&["apply", "--auto-approve"]).await;
-        let (model, model_version) = harness::artifact::promoted_dir();
-        let s3 = app.s.clients().await.s3;
-        harness::upload_dir(&s3, &app.s.cfg.artifacts.bucket, "models", model.path()).await;
-        let server = harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"));
-        for r in releases {
-            app.ok(&[
-                "publish",
-                "--release",
-                r,
-                "--server-binary",
-                path_str(&server),
-                "--model-version",
-                &model_version,
-            ])
-            .await;
-        }
-        app
-    }
-
-    async fn run(&self, args: &[&str]) -> Run {
-        let c = self.s.cmd(args);
-        let mut c = c;
-        tokio::task::spawn_blocking(move || Run::from(c.output().expect("running deployer")))
-            .await
-            .unwrap()
-    }
-
-    async fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args).await;
-        assert_eq!(
-            r.code,
-            0,
-            "deployer {args:?} failed:\n{}\n{}",
-            r.all(),
-            self.logs().await
-        );
-        r
+            releases,
+        )
+        .await;
+        App { app, https_port }
     }
 
     async fn deploy(&self, release: &str, extra: &[&str]) -> Run {
         let mut head = vec!["deploy", "--release", release];
         head.extend_from_slice(extra);
-        self.run(&common::release_args(cloud().address_map_path(), &head))
-            .await
-    }
-
-    async fn state(&self) -> deployer::state::State {
-        self.s.deployer().await.read_state().await.unwrap()
-    }
-
-    async fn eip(&self) -> (IpAddr, Option<String>) {
-        let st = self.state().await;
-        let alloc = &st.resources["aws_eip.api"].id;
-        let (ip, holder) = deployer::release::eip_holder(&self.s.clients().await, alloc)
-            .await
-            .unwrap();
-        let ip: IpAddr = ip.unwrap().parse().unwrap();
-        assert!(
-            ip.is_loopback(),
-            "the emulator's Elastic IP {ip} is loopback"
-        );
-        (ip, holder)
-    }
-
-    /// The boot logs and journals of the app's instances, and the runner's log.
-    async fn logs(&self) -> String {
-        let Ok(st) = self.s.deployer().await.read_state().await else {
-            return String::new();
-        };
-        let mut out = String::new();
-        for r in st.release.instances.values() {
-            for (what, path) in [
-                ("boot log", cloud().boot_log(&r.instance_id)),
-                ("journal", cloud().journal(&r.instance_id)),
-            ] {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                out.push_str(&format!("--- {what} of {}\n", r.instance_id));
-                for l in tail.into_iter().rev() {
-                    out.push_str(l);
-                    out.push('\n');
-                }
-            }
-        }
-        out
+        self.run(&self.release_args(&head)).await
     }
 
     async fn stored_serial(&self, eip: IpAddr) -> Option<String> {
@@ -285,40 +208,6 @@ fn wait_https(addr: SocketAddr, eip: IpAddr, release: &str) -> String {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-async fn leftovers(s: &Setup) -> Vec<String> {
-    let c = s.clients().await;
-    let tag = Filter::builder().name("tag:app").values(&s.cfg.app).build();
-    let mut left = Vec::new();
-    let res = c
-        .ec2
-        .describe_instances()
-        .filters(tag.clone())
-        .send()
-        .await
-        .unwrap();
-    for i in res.reservations().iter().flat_map(|r| r.instances()) {
-        let state = i.state().and_then(|s| s.name()).map(|n| n.as_str());
-        if state != Some("terminated") {
-            left.push(format!("instance {:?} ({state:?})", i.instance_id()));
-        }
-    }
-    let addrs = c
-        .ec2
-        .describe_addresses()
-        .filters(tag.clone())
-        .send()
-        .await
-        .unwrap();
-    for a in addrs.addresses() {
-        left.push(format!("address {:?}", a.allocation_id()));
-    }
-    let vpcs = c.ec2.describe_vpcs().filters(tag).send().await.unwrap();
-    for v in vpcs.vpcs() {
-        left.push(format!("vpc {:?}", v.vpc_id()));
-    }
-    left
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Helpers shared by the deployer's emulator tests.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod github;
 
 use std::io::{BufRead, BufReader};
