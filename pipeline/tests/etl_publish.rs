@@ -40,7 +40,7 @@ async fn read_once(pool: &PgPool, n: usize) -> Result<Counts, sqlx::Error> {
     let tables = ["customer_profiles", "labels", "customer_activity"];
     let mut got = [0i64; 3];
     for k in 0..3 {
-        let i = if n % 2 == 0 { k } else { 2 - k };
+        let i = if n.is_multiple_of(2) { k } else { 2 - k };
         let sql = format!("SELECT count(*) FROM {}", tables[i]);
         got[i] = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut *tx)
