@@ -130,10 +130,7 @@ pub async fn apply(
         tracing::info!("{}: destroying... [id={id}]", change.address);
         if change.resource_type == "aws_instance" {
             instances::terminate(stack.clients, &id, Duration::from_secs(600)).await?;
-            state.release.instances.retain(|_, r| r.instance_id != id);
-            if state.release.instances.is_empty() {
-                state.release.eip_holder = None;
-            }
+            state.release.drop_instance(&id);
         } else if let Some(kind) = Kind::from_address(&change.address) {
             stack.delete(kind, &id).await?;
             if ids.get(&kind) == Some(&id) {
@@ -228,9 +225,12 @@ pub async fn instances_to_destroy(
 ) -> Result<Vec<instances::Found>, Error> {
     let mut found = instances::find_instances(clients, stack.cfg).await?;
     for (color, rec) in &state.release.instances {
-        if !found.iter().any(|f| f.id == rec.instance_id) {
+        for id in rec.ids() {
+            if found.iter().any(|f| f.id == id) {
+                continue;
+            }
             found.push(instances::Found {
-                id: rec.instance_id.clone(),
+                id,
                 color: color.to_string(),
                 release: rec.release.clone(),
                 state: "unknown".into(),

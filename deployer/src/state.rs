@@ -61,9 +61,13 @@ pub struct ResourceState {
     pub attributes: BTreeMap<String, Value>,
 }
 
-/// An instance of one colour.
+/// One colour's instances: with `front = "eip"` one (`instance_id`), with
+/// `front = "nlb"` `instances_per_color` of them (`instance_id` first, then `more`),
+/// all running the same release. A state written before `more` existed reads as a
+/// colour of one, and a colour of one writes exactly the old shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
+    /// The colour's first instance (its only one with `front = "eip"`).
     pub instance_id: String,
     /// The release it runs (the `release` tag).
     pub release: String,
@@ -76,12 +80,63 @@ pub struct InstanceRecord {
     /// rollback window). Cleared when a rollback gives it the address back.
     #[serde(default)]
     pub retire_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// The colour's other instances (`front = "nlb"`), each written to the state as
+    /// soon as `RunInstances` returns it, before anything waits on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Member>,
+}
+
+/// One more instance of a colour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub instance_id: String,
+    pub launched_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl InstanceRecord {
+    /// Every instance of the colour, the first one first.
+    pub fn members(&self) -> Vec<Member> {
+        let first = Member {
+            instance_id: self.instance_id.clone(),
+            launched_at: self.launched_at,
+        };
+        std::iter::once(first).chain(self.more.clone()).collect()
+    }
+
+    /// Every instance id of the colour, the first one first.
+    pub fn ids(&self) -> Vec<String> {
+        std::iter::once(self.instance_id.clone())
+            .chain(self.more.iter().map(|m| m.instance_id.clone()))
+            .collect()
+    }
+
+    /// Whether `id` is one of the colour's instances.
+    pub fn has(&self, id: &str) -> bool {
+        self.instance_id == id || self.more.iter().any(|m| m.instance_id == id)
+    }
+
+    /// Drops `id` from the colour; `false` when it was the last one (the colour is
+    /// then empty and its record should go).
+    pub fn remove(&mut self, id: &str) -> bool {
+        if self.instance_id == id {
+            if self.more.is_empty() {
+                return false;
+            }
+            let next = self.more.remove(0);
+            self.instance_id = next.instance_id;
+            self.launched_at = next.launched_at;
+        } else {
+            self.more.retain(|m| m.instance_id != id);
+        }
+        true
+    }
 }
 
 /// The blue/green part of the state (issue 7 drives it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseState {
-    /// The colour whose instance holds the Elastic IP, if any.
+    /// The colour whose instance holds the Elastic IP, if any. With `front = "nlb"`:
+    /// the live colour, the one the listener forwards all traffic to.
     #[serde(default)]
     pub eip_holder: Option<Color>,
     #[serde(default)]
@@ -94,6 +149,39 @@ pub struct ReleaseState {
     /// is. Found set, the last run stopped in between; the next one settles it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eip_moving: Option<EipMove>,
+    /// `front = "nlb"`: a change of the listener's weights begun and not yet recorded,
+    /// written before `ModifyListener`. Found set, the last run stopped in between;
+    /// the next one reads the listener and settles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_moving: Option<WeightShift>,
+}
+
+impl ReleaseState {
+    /// Forgets the instance `id` (terminated): its colour loses it, a colour left
+    /// empty goes, and with no colour left nothing is live.
+    pub fn drop_instance(&mut self, id: &str) {
+        self.instances.retain(|_, r| !r.has(id) || r.remove(id));
+        if self.instances.is_empty() {
+            self.eip_holder = None;
+        }
+    }
+
+    /// The colour `id` belongs to.
+    pub fn color_of(&self, id: &str) -> Option<Color> {
+        self.instances
+            .iter()
+            .find(|(_, r)| r.has(id))
+            .map(|(c, _)| *c)
+    }
+}
+
+/// The listener's weights on their way to `to` getting `percent` of new connections
+/// (100: the whole shift; less: a canary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightShift {
+    pub to: Color,
+    pub percent: u8,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The Elastic IP on its way to `to`'s instance.
@@ -400,5 +488,54 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A state written with one instance per colour reads unchanged and writes back the
+    /// same JSON; a colour of three keeps all three, the first in `instance_id`.
+    #[test]
+    fn one_instance_colours_keep_their_shape_and_several_read_back() {
+        let old = r#"{
+  "format": 1,
+  "serial": 3,
+  "lineage": "0a1b2c3d-0000-1111-2222-333344445555",
+  "app": "churn-api",
+  "resources": {},
+  "release": {
+    "eip_holder": "blue",
+    "instances": {
+      "blue": {
+        "instance_id": "i-1",
+        "release": "r1",
+        "ami": "ami-1",
+        "launched_at": "2026-01-02T03:04:05Z",
+        "model_version": null,
+        "retire_after": null
+      }
+    },
+    "last": null
+  }
+}"#;
+        let mut st: State = serde_json::from_str(old).unwrap();
+        let blue = &st.release.instances[&Color::Blue];
+        assert_eq!(blue.ids(), ["i-1"]);
+        let back = serde_json::to_value(&st).unwrap();
+        assert_eq!(back, serde_json::from_str::<Value>(old).unwrap());
+
+        let at = blue.launched_at;
+        let blue = st.release.instances.get_mut(&Color::Blue).unwrap();
+        for id in ["i-2", "i-3"] {
+            blue.more.push(Member {
+                instance_id: id.into(),
+                launched_at: at,
+            });
+        }
+        let again: State = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        let blue = again.release.instances[&Color::Blue].clone();
+        assert_eq!(blue.ids(), ["i-1", "i-2", "i-3"]);
+        assert!(blue.has("i-3") && !blue.has("i-4"));
+        let mut b = blue.clone();
+        assert!(b.remove("i-1"));
+        assert_eq!(b.ids(), ["i-2", "i-3"]);
+        assert!(b.remove("i-3") && !b.remove("i-2"));
     }
 }

@@ -382,12 +382,20 @@ fn score(
     m: &Loaded,
     r: &api::PredictRequest,
     field_prefix: &str,
-) -> Result<model::Prediction, ParseError> {
+) -> Result<model::Prediction, Box<Resp>> {
     let model = &m.artifact.model;
     if !model.encoding.is_known_category(&r.features.attr_b) {
         state.metrics.unknown_category.inc();
     }
     model.predict(&r.features).map_err(|e| {
+        // A valid input the loaded model cannot score is the server's failure, not the
+        // client's: 500, so the error rate shows a bad model.
+        if matches!(e, model::EncodeError::NotScorable) {
+            return Box::new(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("model {}: {e}", m.version),
+            ));
+        }
         let field = match &e {
             model::EncodeError::NonFinite { field, .. }
             | model::EncodeError::OutOfRange { field, .. } => {
@@ -395,10 +403,10 @@ fn score(
             }
             _ => format!("{field_prefix}features"),
         };
-        ParseError::Invalid {
+        Box::new(parse_error(ParseError::Invalid {
             field,
             reason: e.to_string(),
-        }
+        }))
     })
 }
 
@@ -434,7 +442,7 @@ fn predict(state: &AppState, body: &[u8], start: Instant) -> Resp {
     };
     let p = match score(state, m, &req, "") {
         Ok(p) => p,
-        Err(e) => return parse_error(e),
+        Err(resp) => return *resp,
     };
     let out = api::PredictResponseRef {
         idx: req.idx,
@@ -460,7 +468,7 @@ fn predict_batch(state: &AppState, body: &[u8], start: Instant) -> Resp {
     for (i, r) in reqs.iter().enumerate() {
         match score(state, m, r, &format!("instances[{i}].")) {
             Ok(p) => preds.push(p),
-            Err(e) => return parse_error(e),
+            Err(resp) => return *resp,
         }
     }
     let out = api::BatchResponse {

@@ -255,6 +255,11 @@ pub struct ReleaseArgs {
     /// Do not wait out the window: `deployer retire` (or the next deploy) ends it.
     #[arg(long)]
     pub no_wait: bool,
+    /// `front = "nlb"` only: shift this share of new connections (e.g. 10%) first,
+    /// hold it for `[canary] soak_seconds` while the new colour's 5xx rate stays under
+    /// `max_error_rate`, then shift the rest; else shift back and abandon the release.
+    #[arg(long, value_name = "PERCENT", value_parser = deployer::release::canary::parse_percent)]
+    pub canary: Option<u8>,
     #[command(flatten)]
     pub lock: LockArgs,
 }
@@ -268,6 +273,7 @@ impl ReleaseArgs {
             rollback_window: self.rollback_window,
             wait_window: !self.no_wait,
             lock_timeout: self.lock.timeout(),
+            canary: self.canary,
             ..Default::default()
         })
     }

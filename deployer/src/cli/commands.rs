@@ -59,10 +59,18 @@ pub async fn plan(d: &Deployer, a: PlanArgs) -> anyhow::Result<u8> {
     if let Some(r) = &a.release {
         deployer::publish::check_release(r)?;
         let state = d.read_state().await.context("reading the state")?;
-        print!(
-            "{}",
-            deployer::release::cutover_preview(&state, r, &ReleaseOptions::default())
-        );
+        let opts = ReleaseOptions::default();
+        let preview = match d.cfg.front {
+            deployer::config::Front::Eip => deployer::release::cutover_preview(&state, r, &opts),
+            deployer::config::Front::Nlb => deployer::release::cutover_preview_nlb(
+                &state,
+                r,
+                d.cfg.instances_per_color,
+                None,
+                &opts,
+            ),
+        };
+        print!("{preview}");
     }
     if let Some(path) = a.out {
         std::fs::write(&path, serde_json::to_vec_pretty(&plan)?)
@@ -204,6 +212,10 @@ pub async fn deploy(
         (None, None) => bail!("deploy needs --release or --model"),
     }
     .context("deploy")?;
+    if d.cfg.front == deployer::config::Front::Nlb {
+        println!("{}", nlb_summary(d, "Deployed", &deployed).await);
+        return Ok(0);
+    }
     println!(
         "{}",
         DeployedSummary {
@@ -216,6 +228,10 @@ pub async fn deploy(
 
 pub async fn rollback(d: &Deployer, opts: ReleaseOptions) -> anyhow::Result<u8> {
     let deployed = d.rollback(&opts).await.context("rollback")?;
+    if d.cfg.front == deployer::config::Front::Nlb {
+        println!("{}", nlb_summary(d, "Rolled back", &deployed).await);
+        return Ok(0);
+    }
     println!(
         "{}",
         DeployedSummary {
@@ -224,6 +240,34 @@ pub async fn rollback(d: &Deployer, opts: ReleaseOptions) -> anyhow::Result<u8> 
         }
     );
     Ok(0)
+}
+
+/// What `deploy` / `rollback` print with `front = "nlb"`: the cutover as the
+/// listener's weights now, and the previous colour's fate.
+async fn nlb_summary(d: &Deployer, verb: &str, deployed: &deployer::release::Deployed) -> String {
+    let weights = match d.read_state().await {
+        Ok(st) => d
+            .listener_weights(&st)
+            .await
+            .unwrap_or_else(|e| format!("unknown ({e})")),
+        Err(e) => format!("unknown ({e})"),
+    };
+    let mut out = format!(
+        "{verb}: release {} on {} ({}).\nCutover: aws_lb_listener.api weights now {weights}.",
+        deployed.release, deployed.color, deployed.instance_id
+    );
+    if let Some((c, ids)) = &deployed.previous {
+        if deployed.retired.iter().any(|r| ids.contains(r.as_str())) {
+            out.push_str(&format!(
+                "\nThe rollback window is over: {c} ({ids}) drained and terminated."
+            ));
+        } else {
+            out.push_str(&format!(
+                "\n{c} ({ids}) stays registered at weight 0 for a rollback until its window ends."
+            ));
+        }
+    }
+    out
 }
 
 pub async fn retire(d: &Deployer, lock: LockArgs) -> anyhow::Result<u8> {

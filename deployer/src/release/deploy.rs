@@ -10,24 +10,26 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::InstanceStateName;
 use serde_json::json;
 
+use super::balancer::Balancer;
 use super::model::{DeployTarget, Resolved};
 use super::{Deployed, ReleaseError, ReleaseOptions, describe, failed, resource_id};
+use crate::config::Front;
 use crate::health::{self, ProbeError};
 use crate::history::Entry;
 use crate::instances::{self, LaunchSpec};
 use crate::publish::Manifest;
 use crate::stack::Kind;
 use crate::state::{
-    Color, EventOutcome, InstanceRecord, ReleaseEvent, ReleaseOperation, State, StateStore,
+    Color, EventOutcome, InstanceRecord, Member, ReleaseEvent, ReleaseOperation, State, StateStore,
 };
 use crate::{Deployer, Error, LockOptions};
 
 /// The shared resources a release instance is launched into.
-struct StackIds {
-    subnet: String,
+pub(super) struct StackIds {
+    pub(super) subnet: String,
     security_group: String,
     instance_profile: String,
-    allocation: String,
+    pub(super) allocation: String,
 }
 
 impl StackIds {
@@ -42,25 +44,26 @@ impl StackIds {
 }
 
 /// One deploy under the lock: what it was given and the state it keeps writing.
-struct Run<'a> {
-    d: &'a Deployer,
-    release: &'a str,
-    opts: &'a ReleaseOptions,
-    store: StateStore,
-    state: State,
-    ids: StackIds,
-    manifest: Manifest,
-    /// The colour holding the Elastic IP before the deploy.
-    active: Option<Color>,
+pub(super) struct Run<'a> {
+    pub(super) d: &'a Deployer,
+    pub(super) release: &'a str,
+    pub(super) opts: &'a ReleaseOptions,
+    pub(super) store: StateStore,
+    pub(super) state: State,
+    pub(super) ids: StackIds,
+    pub(super) manifest: Manifest,
+    /// The colour holding the Elastic IP (with `front = "nlb"`: the live colour)
+    /// before the deploy.
+    pub(super) active: Option<Color>,
     /// The colour the release goes to.
-    idle: Color,
+    pub(super) idle: Color,
 }
 
 /// Waits until `id` runs; returns its public address. An instance EC2 does not show
 /// yet (`InvalidInstanceID.NotFound` moments after `RunInstances`) is pending, for up
 /// to [`instances::EC2_PROPAGATION`]; one that stops or terminates fails with EC2's
 /// state and reason.
-async fn wait_running(
+pub(super) async fn wait_running(
     clients: &crate::aws::Clients,
     id: &str,
     deadline: Duration,
@@ -157,6 +160,17 @@ impl Run<'_> {
 
     /// Launches the idle colour's instance from `ami` and records it. Returns its id.
     async fn launch(&mut self, ami: &instances::Ami) -> Result<String, Error> {
+        let subnet = self.ids.subnet.clone();
+        self.launch_into(ami, &subnet).await
+    }
+
+    /// Launches one more instance of the idle colour into `subnet` and records it
+    /// (the colour's first, or one more of it) before anything waits on it.
+    pub(super) async fn launch_into(
+        &mut self,
+        ami: &instances::Ami,
+        subnet: &str,
+    ) -> Result<String, Error> {
         let (d, idle, release) = (self.d, self.idle, self.release);
         let user_data = d
             .user_data_in(&self.manifest, self.opts.url_lifetime, &self.ids.allocation)
@@ -166,7 +180,7 @@ impl Run<'_> {
             &LaunchSpec {
                 cfg: &d.cfg,
                 ami,
-                subnet_id: &self.ids.subnet,
+                subnet_id: subnet,
                 security_group_id: &self.ids.security_group,
                 instance_profile: &self.ids.instance_profile,
                 user_data: &user_data,
@@ -176,15 +190,25 @@ impl Run<'_> {
         )
         .await?;
         tracing::info!(color = %idle, instance = %id, release, "launched");
+        let now = chrono::Utc::now();
+        if let Some(r) = self.state.release.instances.get_mut(&idle) {
+            r.more.push(Member {
+                instance_id: id.clone(),
+                launched_at: now,
+            });
+            self.store.write(&mut self.state).await?;
+            return Ok(id);
+        }
         self.state.release.instances.insert(
             idle,
             InstanceRecord {
                 instance_id: id.clone(),
                 release: release.to_string(),
                 ami: ami.id.clone(),
-                launched_at: chrono::Utc::now(),
+                launched_at: now,
                 model_version: self.manifest.model_version.clone(),
                 retire_after: None,
+                more: Vec::new(),
             },
         );
         self.store.write(&mut self.state).await?;
@@ -388,8 +412,21 @@ impl Deployer {
         let store = self.store();
         let mut state = store.read(&self.cfg.app).await?;
         let ids = StackIds::of(&state)?;
-        self.settle_eip_move(&store, &mut state, &ids.allocation)
-            .await?;
+        let nlb = match self.cfg.front {
+            Front::Nlb => {
+                let bal = Balancer::of(&self.clients, &state)?;
+                self.settle_weights(&store, &mut state, &bal).await?;
+                Some(bal)
+            }
+            Front::Eip if opts.canary.is_some() => {
+                return Err(ReleaseError::CanaryNeedsNlb.into());
+            }
+            Front::Eip => {
+                self.settle_eip_move(&store, &mut state, &ids.allocation)
+                    .await?;
+                None
+            }
+        };
         let (release, manifest) = match self.resolve_target(&state, target).await? {
             Resolved::Deploy { release, manifest } => (release, manifest),
             Resolved::Serving(d) => return Ok(d),
@@ -409,6 +446,9 @@ impl Deployer {
         };
         run.check_target()?;
         let ami = run.image().await?;
+        if let Some(bal) = &nlb {
+            return run.deploy_nlb(&ami, bal).await;
+        }
         run.replace_idle().await?;
         let id = run.launch(&ami).await?;
         let https = match run.wait_and_gate(&id).await {
@@ -443,80 +483,4 @@ impl Deployer {
             retired: Vec::new(),
         })
     }
-
-    /// Terminates every colour whose rollback window is over. Returns their ids.
-    pub async fn retire(&self, lock_timeout: Duration) -> Result<Vec<String>, Error> {
-        let lock = LockOptions {
-            enabled: true,
-            timeout: lock_timeout,
-        };
-        let retired = self
-            .locked("retire", lock, async |_| {
-                let store = self.store();
-                let mut state = store.read(&self.cfg.app).await?;
-                if state.release.instances.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let allocation = resource_id(&state, Kind::Eip)?;
-                self.settle_eip_move(&store, &mut state, &allocation)
-                    .await?;
-                let now = chrono::Utc::now();
-                let due: Vec<(Color, String)> = state
-                    .release
-                    .instances
-                    .iter()
-                    .filter(|(c, r)| {
-                        Some(**c) != state.release.eip_holder
-                            && r.retire_after.is_some_and(|t| t <= now)
-                    })
-                    .map(|(c, r)| (*c, r.instance_id.clone()))
-                    .collect();
-                for (c, id) in &due {
-                    tracing::info!(color = %c, instance = %id, "rollback window over: terminating");
-                    self.check_not_holding(&allocation, id).await?;
-                    instances::terminate(&self.clients, id, Duration::from_secs(600)).await?;
-                    state.release.instances.remove(c);
-                    store.write(&mut state).await?;
-                }
-                Ok(due.into_iter().map(|d| d.1).collect::<Vec<_>>())
-            })
-            .await?;
-        if !retired.is_empty() {
-            self.history()
-                .record(Entry::new("retire", json!({ "instances": retired }), "ok"))
-                .await;
-        }
-        Ok(retired)
-    }
-}
-
-/// What `deploy --release` would do from `state`, in plan language (for
-/// `deployer plan --release`).
-pub fn cutover_preview(state: &State, release: &str, opts: &ReleaseOptions) -> String {
-    let active = state.release.eip_holder;
-    let idle = active.map(Color::other).unwrap_or(Color::Blue);
-    let mut out = String::from("\nBlue/green cutover for release ");
-    out.push_str(release);
-    out.push_str(":\n");
-    if let Some(old) = state.release.instances.get(&idle) {
-        out.push_str(&format!(
-            "  - aws_instance.{idle} ({}, release {}): replaced, it is the idle colour\n",
-            old.instance_id, old.release
-        ));
-    }
-    out.push_str(&format!(
-        "  + aws_instance.{idle}: release {release}\n  ? health gate: /readyz ready and /version reporting {release} and the manifest's model, within {}s\n",
-        opts.health_deadline.as_secs()
-    ));
-    match active.and_then(|c| state.release.instances.get(&c).map(|r| (c, r))) {
-        Some((c, r)) => out.push_str(&format!(
-            "  ~ aws_eip.api: {c} ({}, release {}) -> {idle} (new instance)\n  - aws_instance.{c} ({}): terminated after the {}s rollback window\n",
-            r.instance_id,
-            r.release,
-            r.instance_id,
-            opts.rollback_window.as_secs()
-        )),
-        None => out.push_str(&format!("  ~ aws_eip.api: (none) -> {idle} (new instance)\n")),
-    }
-    out
 }

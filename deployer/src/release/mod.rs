@@ -16,8 +16,13 @@
 //! * [`status`](self::status) — `status` and its rendering;
 //! * [`userdata`](self::userdata) — the boot script and the values that go into it.
 
+mod balancer;
+pub mod canary;
 mod deploy;
 mod model;
+mod nlb;
+mod preview;
+mod retire;
 mod rollback;
 mod status;
 mod userdata;
@@ -36,8 +41,9 @@ use crate::stack::Kind;
 use crate::state::{Color, EipMove, State, StateStore};
 use crate::{Deployer, Error};
 
-pub use deploy::cutover_preview;
+pub use balancer::{Balancer, TargetHealth, describe_weights, share};
 pub use model::DeployTarget;
+pub use preview::{cutover_preview, cutover_preview_nlb};
 pub use status::{ColorStatus, Status};
 pub use userdata::{BOOT_TEMPLATE, BootValues, UNIT_TEMPLATE, render_user_data};
 
@@ -92,6 +98,36 @@ pub enum ReleaseError {
     },
     #[error("{what} {value:?} cannot go into user data")]
     BadValue { what: &'static str, value: String },
+    #[error(
+        "the listener aws_lb_listener.api forwards {actual}, but the state says all to {expected}: its weights were changed outside the deployer; refusing to shift them"
+    )]
+    WeightsMoved { expected: Color, actual: String },
+    #[error(
+        "refusing to terminate the {color} colour: the listener aws_lb_listener.api still sends it traffic ({weights})"
+    )]
+    ColorLive { color: Color, weights: String },
+    #[error(
+        "canary rolled back: {errors} of {requests} requests on the {percent}% canary answered 5xx during the {soak_seconds}s soak ({rate:.1}%, above the {max:.1}% allowed); all traffic back on {live}"
+    )]
+    CanaryRolledBack {
+        percent: u8,
+        errors: u64,
+        requests: u64,
+        soak_seconds: u64,
+        rate: f64,
+        max: f64,
+        live: Color,
+    },
+    #[error("--canary needs front = \"nlb\" in deploy.toml: one Elastic IP cannot split traffic")]
+    CanaryNeedsNlb,
+    #[error(
+        "the {color} target group did not report every instance healthy within {deadline}s: {states}"
+    )]
+    TargetsUnhealthy {
+        color: Color,
+        deadline: u64,
+        states: String,
+    },
 }
 
 /// How a release operation runs.
@@ -108,6 +144,9 @@ pub struct ReleaseOptions {
     pub lock_timeout: Duration,
     /// How long presigned download URLs in user data stay valid.
     pub url_lifetime: Duration,
+    /// `--canary P%` (`front = "nlb"`): the share of new connections the new colour
+    /// gets for `[canary] soak_seconds` before all of them; `None`: all at once.
+    pub canary: Option<u8>,
 }
 
 impl Default for ReleaseOptions {
@@ -120,6 +159,7 @@ impl Default for ReleaseOptions {
             wait_window: true,
             lock_timeout: Duration::ZERO,
             url_lifetime: Duration::from_secs(900),
+            canary: None,
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use serde_json::json;
 
+use super::Balancer;
+use super::nlb::wait_targets_healthy;
 use super::{Deployed, ReleaseError, ReleaseOptions, describe, failed, resource_id};
+use crate::config::Front;
 use crate::health;
 use crate::history::Entry;
 use crate::stack::Kind;
@@ -59,6 +62,9 @@ impl Deployer {
     }
 
     async fn rollback_locked(&self, opts: &ReleaseOptions) -> Result<Next, Error> {
+        if self.cfg.front == Front::Nlb {
+            return self.rollback_nlb(opts).await;
+        }
         let store = self.store();
         let mut state = store.read(&self.cfg.app).await?;
         let allocation = resource_id(&state, Kind::Eip)?;
@@ -132,6 +138,93 @@ impl Deployer {
             release: rec.release,
             color: prev,
             instance_id: rec.instance_id,
+            previous: current.map(|c| (active, c)),
+            retired: Vec::new(),
+        }))
+    }
+
+    /// `front = "nlb"`: every new connection back to the previous colour if all its
+    /// instances are alive and healthy (by its target group and by the probes), else a
+    /// redeploy of its release.
+    async fn rollback_nlb(&self, opts: &ReleaseOptions) -> Result<Next, Error> {
+        let store = self.store();
+        let mut state = store.read(&self.cfg.app).await?;
+        let bal = Balancer::of(&self.clients, &state)?;
+        self.settle_weights(&store, &mut state, &bal).await?;
+        let Some(active) = state.release.eip_holder else {
+            return Err(ReleaseError::NoRollback("no colour is live".into()).into());
+        };
+        let prev = active.other();
+        let Some(rec) = state.release.instances.get(&prev).cloned() else {
+            return Err(ReleaseError::NoRollback(format!(
+                "the {prev} colour has no instance (its window is over); deploy the release you want instead"
+            ))
+            .into());
+        };
+        let mut why = None;
+        for id in rec.ids() {
+            let alive = describe(&self.clients, &id).await?;
+            let healthy = match &alive {
+                Some(d) if d.is_running() => {
+                    let (ip, port) = (d.public_ip, self.cfg.api_port);
+                    health::gate_resolving(
+                        || opts.endpoints.for_color(prev, &id, ip, port),
+                        &rec.release,
+                        rec.model_version.as_deref(),
+                        opts.health_deadline,
+                        opts.probe_interval,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+                }
+                other => Err(format!(
+                    "instance {id} state {:?}",
+                    other.as_ref().map(|o| o.state.as_str())
+                )),
+            };
+            if let Err(w) = healthy {
+                why = Some(w);
+                break;
+            }
+        }
+        if why.is_none()
+            && let Err(e) = wait_targets_healthy(&bal, prev, &rec.ids(), opts).await
+        {
+            why = Some(e.to_string());
+        }
+        if let Some(why) = why {
+            tracing::warn!(color = %prev, "previous colour not usable ({why}): redeploying {}", rec.release);
+            return Ok(Next::Redeploy(rec.release.clone(), why));
+        }
+        self.guard_weights(&state, &bal).await?;
+        self.shift(&store, &mut state, &bal, prev, 100).await?;
+        let current = state
+            .release
+            .instances
+            .get(&active)
+            .map(|r| r.ids().join(", "));
+        state.release.eip_holder = Some(prev);
+        state.release.weights_moving = None;
+        if let Some(r) = state.release.instances.get_mut(&prev) {
+            r.retire_after = None;
+        }
+        if let Some(r) = state.release.instances.get_mut(&active) {
+            r.retire_after = Some(chrono::Utc::now() + opts.rollback_window);
+        }
+        state.release.last = Some(ReleaseEvent {
+            operation: ReleaseOperation::Rollback,
+            release: rec.release.clone(),
+            at: chrono::Utc::now(),
+            outcome: EventOutcome::Ok,
+        });
+        store.write(&mut state).await?;
+        self.verify_balancer(&state, &rec.release, rec.model_version.as_deref(), opts)
+            .await?;
+        Ok(Next::Done(Deployed {
+            release: rec.release.clone(),
+            color: prev,
+            instance_id: rec.ids().join(", "),
             previous: current.map(|c| (active, c)),
             retired: Vec::new(),
         }))

@@ -4,10 +4,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::balancer::{self, Balancer};
 use super::{describe, eip_holder};
+use crate::config::Front;
 use crate::health::{self, Endpoints};
 use crate::stack::Kind;
-use crate::state::{Color, ReleaseEvent};
+use crate::state::{Color, InstanceRecord, ReleaseEvent};
 use crate::{Deployer, Error};
 
 /// One colour in `status`.
@@ -22,6 +24,10 @@ pub struct ColorStatus {
     /// `healthy`, or why not (or why it was not probed).
     pub health: String,
     pub retire_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// `front = "nlb"`: the instance's state in its colour's target group
+    /// (`DescribeTargetHealth`: `healthy`, `initial`, `unhealthy (reason)`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_health: Option<String>,
 }
 
 /// `status`.
@@ -33,8 +39,15 @@ pub struct Status {
     pub eip_instance: Option<String>,
     /// Its colour, when it is one of ours.
     pub eip_color: Option<Color>,
+    /// One line per instance (a colour of several has several).
     pub colors: Vec<ColorStatus>,
     pub last: Option<ReleaseEvent>,
+    /// `front = "nlb"`: the listener's weights (`blue 100%, green 0%`) and the
+    /// balancer's addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub balancer_addresses: Vec<String>,
 }
 
 impl fmt::Display for ColorStatus {
@@ -50,6 +63,9 @@ impl fmt::Display for ColorStatus {
             self.state,
             self.health,
         )?;
+        if let Some(t) = &self.target_health {
+            write!(f, " target {t}")?;
+        }
         if let Some(t) = self.retire_after {
             write!(f, " (retires after {t})")?;
         }
@@ -67,15 +83,23 @@ impl fmt::Display for Status {
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "none".into())
         )?;
-        write!(
-            f,
-            "Elastic IP {} -> {} ({})",
-            self.eip_public_ip.as_deref().unwrap_or("-"),
-            self.eip_instance.as_deref().unwrap_or("no instance"),
-            self.eip_color
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "not one of ours".into())
-        )?;
+        if let Some(w) = &self.weights {
+            write!(
+                f,
+                "Balancer aws_lb.api at {}: listener weights {w}",
+                self.balancer_addresses.join(", ")
+            )?;
+        } else {
+            write!(
+                f,
+                "Elastic IP {} -> {} ({})",
+                self.eip_public_ip.as_deref().unwrap_or("-"),
+                self.eip_instance.as_deref().unwrap_or("no instance"),
+                self.eip_color
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "not one of ours".into())
+            )?;
+        }
         for c in &self.colors {
             write!(f, "\n{c}")?;
         }
@@ -98,12 +122,71 @@ impl Deployer {
             Some(r) => eip_holder(&self.clients, &r.id).await?,
             None => (None, None),
         };
+        let nlb = match self.cfg.front {
+            Front::Nlb if state.resources.contains_key(balancer::LISTENER) => {
+                Some(Balancer::of(&self.clients, &state)?)
+            }
+            _ => None,
+        };
         let mut colors = Vec::new();
         let mut eip_color = None;
-        for (c, r) in &state.release.instances {
-            if eip_instance.as_deref() == Some(r.instance_id.as_str()) {
+        let mut weights = None;
+        let mut balancer_addresses = Vec::new();
+        if let Some(bal) = &nlb {
+            weights = Some(balancer::describe_weights(&bal.weights().await?));
+            for addr in ["aws_eip.api", "aws_eip.b"] {
+                if let Some(r) = state.resources.get(addr)
+                    && let (Some(ip), _) = eip_holder(&self.clients, &r.id).await?
+                {
+                    balancer_addresses.push(ip);
+                }
+            }
+        }
+        for (c, rec) in &state.release.instances {
+            let targets = match &nlb {
+                Some(bal) => Some(bal.health(*c).await?),
+                None => None,
+            };
+            for id in rec.ids() {
+                let mut r = rec.clone();
+                r.instance_id = id;
+                let target_health = targets.as_ref().map(|t| {
+                    t.iter()
+                        .find(|h| h.instance_id == r.instance_id)
+                        .map(|h| match &h.reason {
+                            Some(why) if h.state != "healthy" => format!("{} ({why})", h.state),
+                            _ => h.state.clone(),
+                        })
+                        .unwrap_or_else(|| "not registered".into())
+                });
+                colors.push(self.color_status(*c, &r, endpoints, target_health).await?);
+            }
+            if eip_instance.as_deref() == Some(rec.instance_id.as_str()) {
                 eip_color = Some(*c);
             }
+        }
+        Ok(Status {
+            active: state.release.eip_holder,
+            eip_public_ip,
+            eip_instance,
+            eip_color,
+            colors,
+            last: state.release.last,
+            weights,
+            balancer_addresses,
+        })
+    }
+
+    /// One instance's line: EC2's state and the probe.
+    async fn color_status(
+        &self,
+        c: Color,
+        r: &InstanceRecord,
+        endpoints: &Endpoints,
+        target_health: Option<String>,
+    ) -> Result<ColorStatus, Error> {
+        let c = &c;
+        {
             let d = describe(&self.clients, &r.instance_id).await?;
             let health = match &d {
                 Some(d) if d.is_running() => {
@@ -125,7 +208,7 @@ impl Deployer {
                 Some(d) => format!("not running ({})", d.state.as_str()),
                 None => "gone".into(),
             };
-            colors.push(ColorStatus {
+            Ok(ColorStatus {
                 color: *c,
                 instance_id: r.instance_id.clone(),
                 release: r.release.clone(),
@@ -135,15 +218,8 @@ impl Deployer {
                     .unwrap_or_else(|| "gone".into()),
                 health,
                 retire_after: r.retire_after,
-            });
+                target_health,
+            })
         }
-        Ok(Status {
-            active: state.release.eip_holder,
-            eip_public_ip,
-            eip_instance,
-            eip_color,
-            colors,
-            last: state.release.last,
-        })
     }
 }
