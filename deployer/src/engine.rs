@@ -79,6 +79,8 @@ pub async fn apply(
     observed: &[Observed],
 ) -> Result<Applied, Error> {
     let mut done = Applied::default();
+    // A new listener (`front = "nlb"`) forwards to the live colour.
+    let stack = &stack.with_live(state.release.eip_holder);
     let mut ids: Ids = observed
         .iter()
         .filter(|o| o.actual.is_some())

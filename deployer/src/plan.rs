@@ -1,7 +1,12 @@
-//! Refresh (read what really exists), diff against the wanted stack, render the plan.
+//! Refresh (read what really exists), diff against the wanted stack, render the plan
+//! (`plan/render.rs`).
+
+mod notes;
+mod render;
+
+pub use render::render;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -12,7 +17,7 @@ use serde_json::Value;
 use crate::aws::AwsError;
 use crate::config::Config;
 use crate::instances;
-use crate::stack::{Actual, Attr, Ids, Kind, STACK, Stack, wanted};
+use crate::stack::{Actual, Attr, EVERY_KIND, Ids, Kind, Stack, wanted};
 use crate::state::State;
 
 pub const PLAN_FORMAT: u32 = 1;
@@ -90,6 +95,10 @@ pub struct Plan {
     pub created: DateTime<Utc>,
     pub changes: Vec<Change>,
     pub summary: Summary,
+    /// What the operator should know beyond the changes (a front switch: which fixed
+    /// address stays, which is new).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -136,23 +145,27 @@ pub async fn refresh(stack: &Stack<'_>, state: &State) -> Result<Vec<Observed>, 
 /// [`Stack::refreshing`], whose calls wait for a permit and whose reads are
 /// remembered.
 async fn prefetch(stack: &Stack<'_>, state: &State) -> Result<(), AwsError> {
-    let ids: Ids = STACK
+    let ids: Ids = EVERY_KIND
         .iter()
+        .filter(|(kind, _)| looked_at(stack.cfg, state, *kind))
         .filter_map(|(kind, _)| {
             let rs = state.resources.get(&kind.address())?;
             Some((*kind, rs.id.clone()))
         })
         .collect();
     let ids = &ids;
-    let reads = STACK.iter().map(|(kind, _)| {
-        Box::pin(async move {
-            if let Some(id) = ids.get(kind) {
-                stack.read(*kind, id).await?;
-            }
-            stack.find(*kind, ids).await?;
-            Ok(())
-        }) as Pin<Box<dyn Future<Output = Result<(), AwsError>> + Send + '_>>
-    });
+    let reads = EVERY_KIND
+        .iter()
+        .filter(|(kind, _)| looked_at(stack.cfg, state, *kind))
+        .map(|(kind, _)| {
+            Box::pin(async move {
+                if let Some(id) = ids.get(kind) {
+                    stack.read(*kind, id).await?;
+                }
+                stack.find(*kind, ids).await?;
+                Ok(())
+            }) as Pin<Box<dyn Future<Output = Result<(), AwsError>> + Send + '_>>
+        });
     join_all(reads.collect()).await.into_iter().collect()
 }
 
@@ -194,7 +207,10 @@ pub async fn refresh_per_resource(
 ) -> Result<Vec<Observed>, AwsError> {
     let mut current = Ids::new();
     let mut out = Vec::new();
-    for (kind, _) in STACK {
+    for (kind, _) in EVERY_KIND {
+        if !looked_at(stack.cfg, state, kind) {
+            continue;
+        }
         let addr = kind.address();
         let mut id = None;
         let mut actual = None;
@@ -234,6 +250,13 @@ pub async fn refresh_per_resource(
     Ok(out)
 }
 
+/// Whether a refresh reads `kind`: the configuration wants it, or the state records it
+/// (the balancer side after a switch back to `front = "eip"`: found, it is deleted).
+/// An `eip` stack never asks about the balancer's kinds: its refresh is what it was.
+fn looked_at(cfg: &Config, state: &State, kind: Kind) -> bool {
+    kind.wanted_in(cfg) || state.resources.contains_key(&kind.address())
+}
+
 /// SHA-256 of the configuration (a saved plan is only applied with the same one).
 pub fn config_digest(cfg: &Config) -> String {
     use sha2::{Digest, Sha256};
@@ -268,6 +291,7 @@ fn new_plan(cfg: &Config, state: &State, operation: Operation, changes: Vec<Chan
         created: Utc::now(),
         changes,
         summary,
+        notes: Vec::new(),
     }
 }
 
@@ -283,6 +307,25 @@ pub fn diff(cfg: &Config, state: &State, observed: &[Observed]) -> Plan {
     let mut changes = Vec::new();
     for obs in observed {
         let addr = obs.kind.address();
+        if !obs.kind.wanted_in(cfg) {
+            // Not wanted with this front: whatever exists of it goes.
+            known.insert(obs.kind, None);
+            for id in obs.id.iter().chain(obs.duplicates.iter()) {
+                changes.push(Change {
+                    address: addr.clone(),
+                    resource_type: obs.kind.type_name().to_string(),
+                    action: Action::Delete,
+                    id: Some(id.clone()),
+                    adopted: false,
+                    reason: Some(format!(
+                        "not wanted with front = \"{}\"",
+                        cfg.front.as_str()
+                    )),
+                    attributes: vec![],
+                });
+            }
+            continue;
+        }
         let wants = wanted(cfg, obs.kind, &known);
         let (action, attributes) = match &obs.actual {
             None => (
@@ -365,7 +408,10 @@ pub fn diff(cfg: &Config, state: &State, observed: &[Observed]) -> Plan {
             });
         }
     }
-    new_plan(cfg, state, Operation::Apply, changes)
+    let notes = notes::front_switch(cfg, observed, &changes);
+    let mut plan = new_plan(cfg, state, Operation::Apply, changes);
+    plan.notes = notes;
+    plan
 }
 
 /// The plan that removes everything the deployer owns, resources found by tags
@@ -404,126 +450,4 @@ pub fn destroy_plan(
         });
     }
     new_plan(cfg, state, Operation::Destroy, changes)
-}
-
-fn show(v: &Option<Value>, unknown: bool) -> String {
-    if unknown {
-        return "(known after apply)".into();
-    }
-    match v {
-        None | Some(Value::Null) => "null".into(),
-        Some(v) => serde_json::to_string(v).unwrap_or_default(),
-    }
-}
-
-/// The plan in Terraform's words.
-pub fn render(plan: &Plan) -> String {
-    let mut out = String::new();
-    let visible: Vec<&Change> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action != Action::NoOp || c.adopted)
-        .collect();
-    if visible.is_empty() {
-        out.push_str("No changes. The infrastructure matches the configuration.\n");
-        return out;
-    }
-    out.push_str("Resource actions are indicated with the following symbols:\n");
-    out.push_str(
-        "  + create\n  ~ update in-place\n-/+ destroy and then create replacement\n  - destroy\n\n",
-    );
-    out.push_str("deployer will perform the following actions:\n\n");
-    for c in visible {
-        let (kind, name) = c
-            .address
-            .split_once('.')
-            .unwrap_or((c.resource_type.as_str(), ""));
-        let (headline, sym) = match c.action {
-            Action::Create => ("will be created", "  +"),
-            Action::Update => ("will be updated in-place", "  ~"),
-            Action::Replace => ("must be replaced", "-/+"),
-            Action::Delete => ("will be destroyed", "  -"),
-            Action::NoOp => ("", "   "),
-        };
-        if c.action == Action::NoOp {
-            let _ = writeln!(
-                out,
-                "  # {} ({}) was found by its tags and will be recorded in the state\n",
-                c.address,
-                c.id.as_deref().unwrap_or("?")
-            );
-            continue;
-        }
-        let _ = write!(out, "  # {} {headline}", c.address);
-        if let Some(r) = &c.reason {
-            let _ = write!(out, " ({r})");
-        } else if c.adopted {
-            out.push_str(" (found by its tags; it will be recorded in the state)");
-        }
-        out.push('\n');
-        let _ = writeln!(out, "{sym} resource \"{kind}\" \"{name}\" {{");
-        let width = c
-            .attributes
-            .iter()
-            .map(|a| a.name.len())
-            .chain(std::iter::once(2))
-            .max()
-            .unwrap_or(2);
-        match c.action {
-            Action::Create => {
-                let _ = writeln!(out, "      + {:width$} = (known after apply)", "id");
-                for a in &c.attributes {
-                    let _ = writeln!(
-                        out,
-                        "      + {:width$} = {}",
-                        a.name,
-                        show(&a.after, a.after_unknown)
-                    );
-                }
-            }
-            Action::Delete => {
-                let _ = writeln!(
-                    out,
-                    "      - {:width$} = {}",
-                    "id",
-                    show(&c.id.clone().map(Value::String), false)
-                );
-            }
-            Action::Update | Action::Replace => {
-                let _ = writeln!(
-                    out,
-                    "        {:width$} = {}",
-                    "id",
-                    show(&c.id.clone().map(Value::String), false)
-                );
-                for a in &c.attributes {
-                    let _ = writeln!(
-                        out,
-                        "      ~ {:width$} = {} -> {}{}",
-                        a.name,
-                        show(&a.before, false),
-                        show(&a.after, a.after_unknown),
-                        if a.forces_replacement {
-                            " # forces replacement"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-            }
-            Action::NoOp => {}
-        }
-        out.push_str("    }\n\n");
-    }
-    let s = plan.summary;
-    let _ = write!(
-        out,
-        "Plan: {} to add, {} to change, {} to destroy.",
-        s.add, s.change, s.destroy
-    );
-    if s.adopt > 0 {
-        let _ = write!(out, " {} found by tags, to record in the state.", s.adopt);
-    }
-    out.push('\n');
-    out
 }

@@ -74,6 +74,7 @@ fn plan(app: &str, n_changes: usize) -> Plan {
             adopt: 0,
         },
         changes,
+        notes: vec![],
     }
 }
 

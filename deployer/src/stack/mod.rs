@@ -46,7 +46,7 @@
 //!
 //! One file per resource (`vpc.rs`, `subnet.rs`, ... `eip.rs`) holds all of its
 //! operations: a unit struct implementing the `Resource` trait below. This file keeps
-//! the kinds ([`Kind`]), their order ([`STACK`]) and the dispatch ([`Stack`],
+//! the kinds ([`Kind`]), their order ([`STACK`], then [`NLB_STACK`]) and the dispatch ([`Stack`],
 //! [`wanted`]). What several resources share has a small file of its own: `tags.rs`
 //! (the managed tags, tag filters), `rules.rs` (security group rules as strings),
 //! `policy.rs` (IAM policy documents), `snapshot.rs` (what one refresh has read).
@@ -64,7 +64,21 @@
 //!    its place in the dependency order: `<Variant> => <module>, "aws_<type>", "<name>";`.
 //!    That line makes the variant `Kind::<Variant>`, the address `aws_<type>.<name>`,
 //!    its place in [`STACK`] and the dispatch to the struct: `plan`, `apply` and
-//!    `destroy` then handle it with nothing else to change.
+//!    `destroy` then handle it with nothing else to change. A resource only some
+//!    configurations want goes in the registry's `[nlb]` block and says so in
+//!    `Resource::only_with`.
+//!
+//! # Resources only some configurations want
+//!
+//! The balancer side ([`NLB_STACK`]: the second zone's subnet and its association, the
+//! second Elastic IP, the two target groups, the balancer, its listener) exists only
+//! with `front = "nlb"` (`Resource::only_with`, [`Kind::wanted_in`]). A refresh reads
+//! such a kind when the configuration wants it or the state records it; the plan
+//! creates it when wanted and absent, deletes it when present and unwanted, and says
+//! nothing when absent and unwanted, so an `eip` stack's plans and requests are what
+//! they were. The ELBv2 kinds have fixed names and are found by name; within a refresh
+//! each ELBv2 type is described once (`elb_listings.rs`), the target groups'
+//! attributes once per group.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -72,84 +86,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use serde_json::Value;
 
 use crate::aws::{AwsError, Backoff, Clients, has_code, or_absent, retry_logged};
-use crate::config::Config;
+use crate::config::{Config, Front};
+use crate::state::Color;
 use snapshot::Snapshot;
 
-/// The ids of the EC2 resources of `$kind` that carry the stack's tags for it (those
-/// `$keep` accepts, when given): `$id` of each of `$list`. Within a refresh they come
-/// from the snapshot's one listing of the type (`$list`, by the stack's tags, split
-/// here by the address tag); otherwise from one `$describe` call (`$action`) with the
-/// kind's tag filters. Every EC2 resource's `find`.
-macro_rules! find_tagged {
-    ($s:expr, $kind:expr, $describe:ident, $action:literal, $list:ident, $id:ident $(, keep $keep:expr)?) => {{
-        let ids: Vec<String> = match $s.snapshot() {
-            Some(snap) => snap
-                .$list($s, $kind)
-                .await?
-                .iter()
-                .filter(|v| tags::has_address(v.tags(), $kind))
-                $(.filter($keep))?
-                .filter_map(|v| v.$id().map(str::to_string))
-                .collect(),
-            None => {
-                let out = $s
-                    .clients
-                    .ec2
-                    .$describe()
-                    .set_filters(Some(tags::filters($s.cfg, $kind)))
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::new($kind.address(), $action, e))?;
-                out.$list()
-                    .iter()
-                    $(.filter($keep))?
-                    .filter_map(|v| v.$id().map(str::to_string))
-                    .collect()
-            }
-        };
-        Ok(ids)
-    }};
-}
-
-/// The one of `$list` whose `$get` is `$id`; `None` when AWS answers not-found or lists
-/// nothing. Within a refresh it comes from the snapshot's listing of the type when it
-/// is there (no call); otherwise (outside a refresh, or an id the tag listing lacks:
-/// its tags were changed by hand, or it is gone) from one `$describe` call (`$action`)
-/// naming `$id` through its `$ids` setter. Errors name `$kind`'s address. How an EC2
-/// resource's `read` (and a child's, through its parent) looks one up by id.
-macro_rules! describe_by_id {
-    ($s:expr, $kind:expr, $describe:ident($ids:ident = $id:expr), $action:literal, $list:ident, $get:ident) => {{
-        let id: &str = $id;
-        let listed = match $s.snapshot() {
-            Some(snap) => snap
-                .$list($s, $kind)
-                .await?
-                .iter()
-                .find(|v| v.$get() == Some(id))
-                .cloned(),
-            None => None,
-        };
-        match listed {
-            Some(v) => Some(v),
-            None => {
-                let _permit = $s.permit().await;
-                let out = $s.clients.ec2.$describe().$ids(id).send().await;
-                crate::aws::or_absent(out, &$kind.address(), $action)?
-                    .and_then(|out| out.$list.and_then(|v| v.into_iter().next()))
-            }
-        }
-    }};
-}
+#[macro_use]
+mod macros;
 
 mod eip;
+mod elb_listings;
 mod iam_role;
 mod iam_role_policy;
 mod igw_attachment;
 mod instance_profile;
 mod internet_gateway;
+mod listener;
+mod load_balancer;
 mod policy;
 mod route;
 mod route_table;
@@ -159,41 +113,61 @@ mod security_group;
 mod snapshot;
 mod subnet;
 mod tags;
+mod target_group;
 mod vpc;
 mod vpc_endpoint;
+mod want;
 
 pub use crate::aws::is_not_found;
 pub use iam_role::role_name;
 pub use iam_role_policy::policy_name;
 pub use instance_profile::profile_name;
+pub use load_balancer::lb_name;
 pub use policy::{artifact_read_policy, assume_role_policy, policy_json};
 pub use rules::{parse_rule, rule_strings};
 pub use security_group::{security_group_name, wanted_ingress};
 pub use snapshot::REFRESH_CONCURRENCY;
 pub use tags::{ADDRESS_TAG, MANAGED_BY, tag_specification, tags_for};
+pub use target_group::target_group_name;
 pub use vpc_endpoint::s3_service_name;
+pub use want::{Actual, Attr, Want};
+use want::{Change, str_value};
 
 /// The registry: one line per resource, in dependency order (creation order; deletion
 /// runs it backwards): `Variant => module, "type", "name";` says that the resources
 /// of kind `Kind::Variant` have the address `type.name` and are handled by the unit
-/// struct `module::Variant`. It defines [`Kind`], [`STACK`] and `Kind::resource`.
+/// struct `module::Variant`. The first block is the stack every front has ([`STACK`]),
+/// the second the balancer side of `front = "nlb"` ([`NLB_STACK`], after it in the
+/// dependency order). It defines [`Kind`], both lists, [`EVERY_KIND`] and
+/// `Kind::resource`.
 macro_rules! registry {
-    ($($kind:ident => $module:ident, $type_name:literal, $name:literal;)*) => {
+    (
+        $($kind:ident => $module:ident, $type_name:literal, $name:literal;)*
+        [nlb]
+        $($nkind:ident => $nmodule:ident, $ntype_name:literal, $nname:literal;)*
+    ) => {
         /// A kind of resource.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Kind {
             $($kind,)*
+            $($nkind,)*
         }
 
         /// Every resource of the shared stack, in dependency order (creation order;
-        /// deletion runs it backwards).
+        /// deletion runs it backwards): what `front = "eip"` (the default) has.
         pub const STACK: [(Kind, &str); [$($name),*].len()] = [$((Kind::$kind, $name),)*];
+
+        /// The balancer side, wanted only with `front = "nlb"`, in dependency order
+        /// (after [`STACK`]).
+        pub const NLB_STACK: [(Kind, &str); [$($nname),*].len()] =
+            [$((Kind::$nkind, $nname),)*];
 
         impl Kind {
             /// `aws_vpc`.
             pub fn type_name(self) -> &'static str {
                 match self {
                     $(Kind::$kind => $type_name,)*
+                    $(Kind::$nkind => $ntype_name,)*
                 }
             }
 
@@ -201,6 +175,7 @@ macro_rules! registry {
             fn resource(self) -> &'static dyn Resource {
                 match self {
                     $(Kind::$kind => &$module::$kind,)*
+                    $(Kind::$nkind => &$nmodule::$nkind,)*
                 }
             }
         }
@@ -221,12 +196,38 @@ registry! {
     IamRolePolicy => iam_role_policy, "aws_iam_role_policy", "artifact_read";
     InstanceProfile => instance_profile, "aws_iam_instance_profile", "instance";
     Eip => eip, "aws_eip", "api";
+    [nlb]
+    SubnetB => subnet, "aws_subnet", "b";
+    RouteTableAssociationB => route_table_association, "aws_route_table_association", "b";
+    EipB => eip, "aws_eip", "b";
+    TargetGroupBlue => target_group, "aws_lb_target_group", "blue";
+    TargetGroupGreen => target_group, "aws_lb_target_group", "green";
+    LoadBalancer => load_balancer, "aws_lb", "api";
+    Listener => listener, "aws_lb_listener", "api";
 }
+
+/// [`STACK`] then [`NLB_STACK`]: every kind, in dependency order (what a refresh
+/// walks; the kinds a configuration does not want are skipped unless the state
+/// records them).
+pub const EVERY_KIND: [(Kind, &str); STACK.len() + NLB_STACK.len()] = {
+    let mut out = [(Kind::Vpc, ""); STACK.len() + NLB_STACK.len()];
+    let mut i = 0;
+    while i < STACK.len() {
+        out[i] = STACK[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < NLB_STACK.len() {
+        out[STACK.len() + j] = NLB_STACK[j];
+        j += 1;
+    }
+    out
+};
 
 impl Kind {
     /// `aws_vpc.main`.
     pub fn address(self) -> String {
-        let name = STACK
+        let name = EVERY_KIND
             .iter()
             .find(|(k, _)| *k == self)
             .map(|(_, n)| *n)
@@ -235,7 +236,16 @@ impl Kind {
     }
 
     pub fn from_address(addr: &str) -> Option<Kind> {
-        STACK.iter().map(|(k, _)| *k).find(|k| k.address() == addr)
+        EVERY_KIND
+            .iter()
+            .map(|(k, _)| *k)
+            .find(|k| k.address() == addr)
+    }
+
+    /// Whether `cfg` wants this kind at all (the balancer side exists only with
+    /// `front = "nlb"`). One that exists and is not wanted is deleted by the plan.
+    pub fn wanted_in(self, cfg: &Config) -> bool {
+        self.resource().only_with().is_none_or(|f| f == cfg.front)
     }
 }
 
@@ -243,6 +253,11 @@ impl Kind {
 /// this folder; [`Stack`] and [`wanted`] dispatch to them by [`Kind`].
 #[async_trait]
 trait Resource: Sync {
+    /// The front it exists with; `None`: always.
+    fn only_with(&self) -> Option<Front> {
+        None
+    }
+
     /// Its wanted attributes, given the ids of the parents that will still be there.
     fn wanted(&self, cfg: &Config, known: &Known) -> Vec<Want>;
 
@@ -271,93 +286,6 @@ pub type Ids = BTreeMap<Kind, String>;
 
 /// The ids of parents that will still be there (`None`: to be created).
 pub type Known = BTreeMap<Kind, Option<String>>;
-
-/// A wanted attribute value: known now, or only after its parent is created.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Attr {
-    Known(Value),
-    Unknown,
-}
-
-impl Attr {
-    fn text(v: &str) -> Attr {
-        Attr::Known(Value::String(v.to_string()))
-    }
-
-    /// The id of `parent`, unknown until it exists.
-    fn id_of(known: &Known, parent: Kind) -> Attr {
-        match known.get(&parent) {
-            Some(Some(id)) => Attr::text(id),
-            _ => Attr::Unknown,
-        }
-    }
-
-    /// `value`, known once `parent` exists.
-    fn once_exists(known: &Known, parent: Kind, value: &str) -> Attr {
-        match known.get(&parent) {
-            Some(Some(_)) => Attr::text(value),
-            _ => Attr::Unknown,
-        }
-    }
-}
-
-/// One wanted attribute.
-#[derive(Debug, Clone)]
-pub struct Want {
-    pub name: &'static str,
-    pub value: Attr,
-    /// A change can only be made by replacing the resource.
-    pub force_new: bool,
-}
-
-impl Want {
-    /// An attribute that only a replacement changes.
-    fn replace(name: &'static str, value: Attr) -> Want {
-        Want {
-            name,
-            value,
-            force_new: true,
-        }
-    }
-
-    /// An attribute updated in place.
-    fn in_place(name: &'static str, value: Attr) -> Want {
-        Want {
-            name,
-            value,
-            force_new: false,
-        }
-    }
-}
-
-/// Attributes as read from AWS.
-pub type Actual = BTreeMap<String, Value>;
-
-/// One attribute of a resource to bring to its wanted value.
-struct Change<'a> {
-    /// The resource's address.
-    address: &'a str,
-    attr: &'static str,
-    /// The wanted value.
-    value: &'a Value,
-    /// All its attributes as read.
-    actual: &'a Actual,
-}
-
-impl Change<'_> {
-    fn not_in_place(&self) -> AwsError {
-        AwsError::other(
-            self.address,
-            "Update",
-            format!("attribute {} cannot be updated in place", self.attr),
-        )
-    }
-}
-
-/// A string attribute as read, `null` when absent.
-fn str_value(s: Option<&str>) -> Value {
-    s.map(|s| Value::String(s.into())).unwrap_or(Value::Null)
-}
 
 /// The id of `kind`'s parent `parent`, which `create` needs.
 fn parent_id(ids: &Ids, kind: Kind, parent: Kind) -> Result<String, AwsError> {
@@ -419,6 +347,9 @@ pub struct Stack<'a> {
     pub clients: &'a Clients,
     /// Within a refresh: what it has read so far ([`Stack::refreshing`]).
     snapshot: Option<Arc<Snapshot>>,
+    /// The live colour as the state records it (`state.release.eip_holder`): a new
+    /// listener forwards to its target group ([`Stack::with_live`]; else blue).
+    live: Option<Color>,
 }
 
 impl<'a> Stack<'a> {
@@ -427,7 +358,21 @@ impl<'a> Stack<'a> {
             cfg,
             clients,
             snapshot: None,
+            live: None,
         }
+    }
+
+    /// This stack, knowing the live colour (`state.release.eip_holder`).
+    pub fn with_live(&self, live: Option<Color>) -> Stack<'a> {
+        Stack {
+            live,
+            ..self.clone()
+        }
+    }
+
+    /// The colour a new listener forwards to: the live one, else blue.
+    fn live_color(&self) -> Color {
+        self.live.unwrap_or(Color::Blue)
     }
 
     /// This stack for one refresh: its reads and finds come from one listing per EC2
@@ -533,7 +478,7 @@ mod tests {
 
     #[test]
     fn addresses_round_trip() {
-        for (k, _) in STACK {
+        for (k, _) in EVERY_KIND {
             assert_eq!(Kind::from_address(&k.address()), Some(k));
         }
     }

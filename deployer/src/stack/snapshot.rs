@@ -37,6 +37,8 @@ macro_rules! listings {
             /// Reads by kind and id (`None`: it does not exist).
             reads: Mutex<HashMap<(Kind, String), Arc<OnceCell<Option<Actual>>>>>,
             permits: Semaphore,
+            /// The balancer side's listings (`front = "nlb"`).
+            pub(super) elb: super::elb_listings::ElbListings,
         }
 
         impl Snapshot {
@@ -45,6 +47,7 @@ macro_rules! listings {
                     $($list: OnceCell::new(),)*
                     reads: Mutex::new(HashMap::new()),
                     permits: Semaphore::new(REFRESH_CONCURRENCY),
+                    elb: Default::default(),
                 }
             }
 
