@@ -21,7 +21,10 @@ Always (fidelity fixes, whatever the configuration):
   with it (DescribeAddresses shows the interface), and DescribeLoadBalancers lists it
   under AvailabilityZones[].LoadBalancerAddresses. An unknown allocation id is
   refused (InvalidAllocationID.NotFound), as is one already associated
-  (InvalidConfigurationRequest). moto ignores the allocation id.
+  (InvalidConfigurationRequest). moto ignores the allocation id. The same holds for
+  a mapping SetSubnets adds to a balancer (how a network balancer gains a zone, e.g.
+  the deployer moving the Elastic IP it held on an instance onto the balancer); the
+  Elastic IP of an existing mapping cannot be changed (InvalidConfigurationRequest).
 * Target health is not moto's "healthy for every running instance": a registered
   target is "initial" (Elb.RegistrationInProgress) until the health checker reports on
   it, then what the checker saw. The checker is the local cloud's balancer stand-in:
@@ -105,6 +108,59 @@ def install(config):
         return lb
 
     LB.create_load_balancer = create_load_balancer
+
+    def checked_allocation(ec2, alloc):
+        """The Elastic IP `alloc`, refused as AWS does when unknown or associated."""
+        try:
+            eip = ec2.address_by_allocation([alloc])[0]
+        except ec2_exc.EC2ClientError:
+            raise elb_exc.ELBClientError(
+                "InvalidAllocationID.NotFound",
+                f"The allocation ID '{alloc}' does not exist",
+            )
+        if eip.association_id or eip.instance is not None or eip.eni is not None:
+            raise elb_exc.ELBClientError(
+                "InvalidConfigurationRequest",
+                f"The allocation ID '{alloc}' is already associated",
+            )
+        return eip
+
+    orig_set_subnets = LB.set_subnets
+
+    def set_subnets(self, arn, subnets, subnet_mappings):
+        ec2 = ec2_of(self)
+        with LOCK:
+            made = list(MAPPINGS.get(arn, []))
+        mapped = {s: a for s, a, _e in made}
+        added = []
+        for m in subnet_mappings or []:
+            alloc = m.get("AllocationId")
+            subnet_id = m["SubnetId"]
+            if subnet_id in mapped:
+                if alloc and alloc != mapped[subnet_id]:
+                    raise elb_exc.ELBClientError(
+                        "InvalidConfigurationRequest",
+                        f"The Elastic IP of the mapping of subnet '{subnet_id}' cannot be changed",
+                    )
+                continue
+            if alloc:
+                checked_allocation(ec2, alloc)
+                added.append((subnet_id, alloc))
+        zones = orig_set_subnets(self, arn, subnets, subnet_mappings)
+        lb = self.load_balancers.get(arn)
+        lb_name = lb.name if lb is not None else "?"
+        lb_id = arn.rsplit("/", 1)[-1]
+        for subnet_id, alloc in added:
+            eni = ec2.create_network_interface(
+                ec2.get_subnet(subnet_id), None, description=f"ELB net/{lb_name}/{lb_id}"
+            )
+            eni.requester_managed = True
+            ec2.associate_address(eni=eni, allocation_id=alloc)
+            with LOCK:
+                MAPPINGS.setdefault(arn, []).append((subnet_id, alloc, eni.id))
+        return zones
+
+    LB.set_subnets = set_subnets
 
     def activate(self):
         with LOCK:
