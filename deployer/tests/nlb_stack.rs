@@ -481,9 +481,44 @@ async fn switching_to_nlb_keeps_the_elastic_ip_on_the_balancer_and_destroy_leave
     let again = n.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(again.code, 0, "after the switch:\n{}", again.all());
 
-    // destroy: the balancer's interfaces linger and hold the subnets and addresses;
-    // the delete waits them out and nothing is left.
-    let n3 = n.clone();
+    // Going back to eip: the plan deletes the balancer side and says the address stays
+    // only because aws_eip.api survives.
+    let e = with_front(&n, "eip");
+    let back = e.ok(&["plan"]);
+    for addr in [
+        "aws_subnet.b",
+        "aws_route_table_association.b",
+        "aws_eip.b",
+        "aws_lb_target_group.blue",
+        "aws_lb_target_group.green",
+        "aws_lb.api",
+        "aws_lb_listener.api",
+    ] {
+        assert!(
+            back.stdout.contains(&format!(
+                "# {addr} will be destroyed (not wanted with front = \"eip\")"
+            )),
+            "{addr}:\n{}",
+            back.stdout
+        );
+    }
+    assert!(
+        back.stdout.contains(&format!(
+            "The fixed address stays {ip} only because aws_eip.api survives"
+        )),
+        "{}",
+        back.stdout
+    );
+    assert!(
+        !back.stdout.contains("aws_eip.api will be"),
+        "{}",
+        back.stdout
+    );
+
+    // destroy (with front = "eip": the state still records the balancer side): the
+    // balancer's interfaces linger and hold the subnets and addresses; the delete waits
+    // them out and nothing is left.
+    let n3 = e.clone();
     let destroyed = tokio::task::spawn_blocking(move || n3.run(&["destroy", "--auto-approve"]))
         .await
         .unwrap();
