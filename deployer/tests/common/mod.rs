@@ -1,5 +1,5 @@
 //! Helpers shared by the deployer's emulator tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 pub mod app;
 pub mod github;
