@@ -526,3 +526,81 @@ async fn switching_to_nlb_keeps_the_elastic_ip_on_the_balancer_and_destroy_leave
     let left = leftovers(&n, &[lb]).await;
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Killed between a create and its state write, for each kind of the balancer side in
+/// turn: the next apply finds each one (by tags, or by name for ELBv2) instead of
+/// making a second, and converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_between_create_and_state_write_the_balancer_side_is_adopted_not_doubled() {
+    let s = setup_with(private(), &[nlb()]);
+    s.ok(&["init"]);
+    let points = [
+        "after-create:aws_subnet.b",
+        "after-create:aws_eip.b",
+        "after-create:aws_lb_target_group.blue",
+        "after-create:aws_lb.api",
+        "after-create:aws_lb_listener.api",
+    ];
+    for point in points {
+        let run = s.start_until(
+            &["apply", "--auto-approve", "--lock-timeout", "30s"],
+            &[("DEPLOYER_FAULT", point)],
+            "fault point",
+        );
+        assert!(run.log.contains(point), "{}", run.log);
+        run.kill9();
+    }
+    let r = s.run(&["apply", "--auto-approve", "--lock-timeout", "30s"]);
+    assert_eq!(r.code, 0, "after kills at {points:?}:\n{}", r.all());
+    let plan = s.run(&["plan", "--detailed-exitcode", "--lock-timeout", "30s"]);
+    assert_eq!(plan.code, 0, "converged:\n{}", plan.all());
+
+    // One of each.
+    let c = s.clients().await;
+    let lbs = c
+        .elb
+        .describe_load_balancers()
+        .names(deployer::stack::lb_name(&s.cfg))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lbs.load_balancers().len(), 1);
+    let lb = lbs.load_balancers()[0].load_balancer_arn().unwrap();
+    let listeners = c
+        .elb
+        .describe_listeners()
+        .load_balancer_arn(lb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listeners.listeners().len(), 1);
+    let groups = c.elb.describe_target_groups().send().await.unwrap();
+    for color in [Color::Blue, Color::Green] {
+        let name = deployer::stack::target_group_name(&s.cfg, color);
+        let n = groups
+            .target_groups()
+            .iter()
+            .filter(|g| g.target_group_name() == Some(name.as_str()))
+            .count();
+        assert_eq!(n, 1, "{name}");
+    }
+    let tag = Filter::builder().name("tag:app").values(&s.cfg.app).build();
+    let subnets = c
+        .ec2
+        .describe_subnets()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subnets.subnets().len(), 2);
+    let addrs = c
+        .ec2
+        .describe_addresses()
+        .filters(tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(addrs.addresses().len(), 2);
+    let state = s.deployer().await.read_state().await.unwrap();
+    assert_eq!(id(&state, "aws_lb.api"), lb);
+}
