@@ -28,10 +28,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_elasticloadbalancingv2 as elb;
-use elb::types::{ActionTypeEnum, LoadBalancerStateEnum, LoadBalancerTypeEnum};
-
 use super::Shared;
+
+mod check;
+mod observe;
+
+use check::{Check, TargetState, probe};
+pub(crate) use observe::{View, observe};
 
 /// A port that could not be bound is tried again after this long.
 const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -43,214 +46,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// How one listener address spreads new connections: (weight, backends) per target
 /// group of its forward action.
 pub type Spread = Vec<(u32, Vec<SocketAddr>)>;
-
-/// What the emulator holds, as one tick of the runner reads it.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct View {
-    /// Active network balancers.
-    pub(crate) balancers: Vec<BalancerView>,
-    /// Every target group a listener of an active balancer forwards to, by ARN.
-    pub(crate) groups: BTreeMap<String, GroupView>,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct BalancerView {
-    pub(crate) arn: String,
-    /// The addresses of its subnet mappings (loopback only are used).
-    pub(crate) addresses: Vec<Ipv4Addr>,
-    /// Listener port -> (target group ARN, weight) of its forward action.
-    pub(crate) listeners: BTreeMap<u16, Vec<(String, u32)>>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct GroupView {
-    pub(crate) check: HealthCheck,
-    /// Registered targets (not draining): instance id and port.
-    pub(crate) targets: Vec<(String, u16)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct HealthCheck {
-    /// `Some(path)`: HTTP GET; `None`: a TCP connect.
-    pub(crate) http_path: Option<String>,
-    /// `None`: the target's own port ("traffic-port").
-    pub(crate) port: Option<u16>,
-    pub(crate) interval: Duration,
-    pub(crate) timeout: Duration,
-    pub(crate) healthy_threshold: u32,
-    pub(crate) unhealthy_threshold: u32,
-}
-
-fn sdk_err<E: std::error::Error>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |e| format!("{what}: {}", aws_sdk_ec2::error::DisplayErrorContext(&e))
-}
-
-/// Reads the emulator's balancers, listeners, target groups and registrations.
-pub(crate) async fn observe(client: &elb::Client) -> Result<View, String> {
-    let out = client
-        .describe_load_balancers()
-        .send()
-        .await
-        .map_err(sdk_err("DescribeLoadBalancers"))?;
-    let mut view = View::default();
-    let mut used: BTreeSet<String> = BTreeSet::new();
-    for lb in out.load_balancers() {
-        let active = lb.state().and_then(|s| s.code()) == Some(&LoadBalancerStateEnum::Active);
-        if lb.r#type() != Some(&LoadBalancerTypeEnum::Network) || !active {
-            continue;
-        }
-        let Some(arn) = lb.load_balancer_arn() else {
-            continue;
-        };
-        let addresses = lb
-            .availability_zones()
-            .iter()
-            .flat_map(|z| z.load_balancer_addresses())
-            .filter_map(|a| a.ip_address()?.parse().ok())
-            .collect();
-        let listeners_out = client
-            .describe_listeners()
-            .load_balancer_arn(arn)
-            .send()
-            .await
-            .map_err(sdk_err("DescribeListeners"))?;
-        let mut listeners = BTreeMap::new();
-        for l in listeners_out.listeners() {
-            let Some(port) = l.port().and_then(|p| u16::try_from(p).ok()) else {
-                continue;
-            };
-            let Some(forward) = l
-                .default_actions()
-                .iter()
-                .find(|a| a.r#type() == Some(&ActionTypeEnum::Forward))
-            else {
-                continue;
-            };
-            let groups: Vec<(String, u32)> = match forward.forward_config() {
-                Some(cfg) if !cfg.target_groups().is_empty() => cfg
-                    .target_groups()
-                    .iter()
-                    .filter_map(|g| {
-                        let w = g.weight().unwrap_or(1).max(0) as u32;
-                        Some((g.target_group_arn()?.to_string(), w))
-                    })
-                    .collect(),
-                _ => forward
-                    .target_group_arn()
-                    .map(|a| vec![(a.to_string(), 1)])
-                    .unwrap_or_default(),
-            };
-            used.extend(groups.iter().map(|(a, _)| a.clone()));
-            listeners.insert(port, groups);
-        }
-        view.balancers.push(BalancerView {
-            arn: arn.to_string(),
-            addresses,
-            listeners,
-        });
-    }
-    if used.is_empty() {
-        return Ok(view);
-    }
-    let groups = client
-        .describe_target_groups()
-        .set_target_group_arns(Some(used.iter().cloned().collect()))
-        .send()
-        .await
-        .map_err(sdk_err("DescribeTargetGroups"))?;
-    for g in groups.target_groups() {
-        let Some(arn) = g.target_group_arn() else {
-            continue;
-        };
-        let http = matches!(
-            g.health_check_protocol().map(|p| p.as_str()),
-            Some("HTTP") | Some("HTTPS")
-        );
-        let secs = |s: Option<i32>, default: u64| {
-            Duration::from_secs(s.and_then(|s| u64::try_from(s).ok()).unwrap_or(default))
-        };
-        let check = HealthCheck {
-            http_path: http.then(|| g.health_check_path().unwrap_or("/").to_string()),
-            port: g.health_check_port().and_then(|p| p.parse().ok()),
-            interval: secs(g.health_check_interval_seconds(), 30),
-            timeout: secs(g.health_check_timeout_seconds(), 10),
-            healthy_threshold: g.healthy_threshold_count().unwrap_or(5).max(1) as u32,
-            unhealthy_threshold: g.unhealthy_threshold_count().unwrap_or(2).max(1) as u32,
-        };
-        let health = client
-            .describe_target_health()
-            .target_group_arn(arn)
-            .send()
-            .await
-            .map_err(sdk_err("DescribeTargetHealth"))?;
-        let targets = health
-            .target_health_descriptions()
-            .iter()
-            .filter(|d| {
-                let state = d
-                    .target_health()
-                    .and_then(|h| h.state())
-                    .map(|s| s.as_str());
-                !matches!(state, Some("draining") | Some("unused"))
-            })
-            .filter_map(|d| {
-                let t = d.target()?;
-                let port = t.port().and_then(|p| u16::try_from(p).ok())?;
-                Some((t.id()?.to_string(), port))
-            })
-            .collect();
-        view.groups
-            .insert(arn.to_string(), GroupView { check, targets });
-    }
-    Ok(view)
-}
-
-/// The stand-in's verdict on one target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetState {
-    Initial,
-    Healthy,
-    Unhealthy,
-}
-
-impl TargetState {
-    fn as_str(self) -> &'static str {
-        match self {
-            TargetState::Initial => "initial",
-            TargetState::Healthy => "healthy",
-            TargetState::Unhealthy => "unhealthy",
-        }
-    }
-}
-
-/// One target's health checks so far.
-#[derive(Debug)]
-struct Check {
-    state: TargetState,
-    passes: u32,
-    fails: u32,
-    next_at: Instant,
-    in_flight: bool,
-}
-
-impl Check {
-    /// Counts one probe's outcome under `hc`'s thresholds.
-    fn record(&mut self, ok: bool, hc: &HealthCheck) {
-        if ok {
-            self.passes += 1;
-            self.fails = 0;
-            if self.passes >= hc.healthy_threshold {
-                self.state = TargetState::Healthy;
-            }
-        } else {
-            self.fails += 1;
-            self.passes = 0;
-            if self.fails >= hc.unhealthy_threshold {
-                self.state = TargetState::Unhealthy;
-            }
-        }
-    }
-}
 
 /// Where a listener's new connections go: the groups with their weights and targets.
 #[derive(Debug, Default)]
@@ -574,33 +369,6 @@ fn backends(
         .collect()
 }
 
-/// One health check of `addr`: an HTTP GET of `path` answered 200-399, or (no path) a
-/// TCP connect, within `timeout`.
-async fn probe(addr: SocketAddr, path: Option<&str>, timeout: Duration) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let Some(path) = path else { return Some(true) };
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ELB-HealthChecker/2.0\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut head = [0u8; 16];
-        let mut n = 0;
-        while n < 12 {
-            let k = s.read(&mut head[n..]).await.ok()?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        let line = std::str::from_utf8(&head[..n]).ok()?;
-        let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some((200..400).contains(&code))
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
-}
-
 fn listen(
     ip: Ipv4Addr,
     port: u16,
@@ -612,40 +380,6 @@ fn listen(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hc() -> HealthCheck {
-        HealthCheck {
-            http_path: Some("/readyz".into()),
-            port: None,
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(6),
-            healthy_threshold: 3,
-            unhealthy_threshold: 2,
-        }
-    }
-
-    #[test]
-    fn a_target_turns_healthy_after_the_threshold_and_unhealthy_after_its_own() {
-        let mut c = Check {
-            state: TargetState::Initial,
-            passes: 0,
-            fails: 0,
-            next_at: Instant::now(),
-            in_flight: false,
-        };
-        c.record(true, &hc());
-        c.record(true, &hc());
-        assert_eq!(c.state, TargetState::Initial, "two passes of three");
-        c.record(true, &hc());
-        assert_eq!(c.state, TargetState::Healthy);
-        c.record(false, &hc());
-        assert_eq!(c.state, TargetState::Healthy, "one failure of two");
-        c.record(true, &hc());
-        c.record(false, &hc());
-        assert_eq!(c.state, TargetState::Healthy, "failures must be in a row");
-        c.record(false, &hc());
-        assert_eq!(c.state, TargetState::Unhealthy);
-    }
 
     #[test]
     fn weights_split_new_connections_and_zero_weight_gets_none() {
