@@ -6,8 +6,9 @@
 #   train   pipeline train's logistic fit vs scikit-learn's LogisticRegression
 #   server  this server vs Flask (dev server, gunicorn) and a hello-world hyper server
 #   plan    a no-op deployer plan's requests and time vs the per-resource refresh
+#   nlb     throughput through the balancer stand-in, 1, 2 and 3 instances per colour
 #
-# Usage: bench/run.sh [etl] [train] [server] [plan]     (default: all four)
+# Usage: bench/run.sh [etl] [train] [server] [plan] [nlb]     (default: all five)
 # Installs what it needs first (tools/bootstrap.sh: PostgreSQL, the emulator venv; the
 # train and server benchmarks make their own Python venvs under out/, and the server
 # benchmark installs Debian's wrk when it is missing). Everything runs on loopback.
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 OUT=out/bench
 mkdir -p "$OUT"
 WHICH=("$@")
-[ ${#WHICH[@]} -eq 0 ] && WHICH=(etl train server plan)
+[ ${#WHICH[@]} -eq 0 ] && WHICH=(etl train server plan nlb)
 
 bash tools/bootstrap.sh
 
@@ -33,8 +34,8 @@ machine() {
 MACHINE=$(machine)
 for b in "${WHICH[@]}"; do
   case "$b" in
-    etl | train | server | plan) ;;
-    *) echo "unknown benchmark '$b' (etl, train, server, plan)" >&2; exit 2 ;;
+    etl | train | server | plan | nlb) ;;
+    *) echo "unknown benchmark '$b' (etl, train, server, plan, nlb)" >&2; exit 2 ;;
   esac
   echo "==> bench/$b/run.sh"
   bash "bench/$b/run.sh" 2>&1 | tee "$OUT/$b.log"
@@ -51,6 +52,7 @@ done
       train) grep -E '^(linfa / sklearn fit time|AUC difference)' "$OUT/train.log" | sed 's/^/  train:  /' ;;
       server) grep -E '^rust / (flask-dev|gunicorn|hello) ' "$OUT/server.log" | sed 's/^/  server: /' ;;
       plan) grep -E '^median of' "$OUT/plan.log" | sed 's/^/  plan:   /' ;;
+      nlb) grep -E '^median of' "$OUT/nlb.log" | sed 's/^/  nlb:    /' ;;
     esac
   done
 } | tee "$OUT/summary.txt"

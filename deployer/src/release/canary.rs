@@ -6,10 +6,16 @@
 //! instances, counted from the soak's start. The probes' own routes (`/readyz`,
 //! `/healthz`, `/version`, `/metrics`: the balancer's health checks and the
 //! deployer's) are left out, so an idle canary does not dilute its errors with them.
+//! A canary with no users' request during the soak passes (nothing speaks against it);
+//! one over the rate after [`EARLY_VERDICT_REQUESTS`] is rolled back at once.
 
 use std::time::Duration;
 
 use crate::health::{self, Target};
+
+/// Requests after which a canary already over its error rate is rolled back without
+/// waiting out the soak.
+pub const EARLY_VERDICT_REQUESTS: u64 = 50;
 
 /// Routes that carry probes, not users' requests.
 const PROBE_ROUTES: &[&str] = &["/readyz", "/healthz", "/version", "/metrics"];

@@ -107,7 +107,7 @@ pub enum ReleaseError {
     )]
     ColorLive { color: Color, weights: String },
     #[error(
-        "canary rolled back: {errors} of {requests} requests on the {percent}% canary answered 5xx during the {soak_seconds}s soak ({rate:.1}%, above the {max:.1}% allowed); all traffic back on {live}"
+        "canary rolled back: {errors} of {requests} requests on the {percent}% canary answered 5xx during the {soak_seconds}s soak ({rate:.1}%, above the {max:.1}% allowed)"
     )]
     CanaryRolledBack {
         percent: u8,
@@ -116,7 +116,6 @@ pub enum ReleaseError {
         soak_seconds: u64,
         rate: f64,
         max: f64,
-        live: Color,
     },
     #[error("--canary needs front = \"nlb\" in deploy.toml: one Elastic IP cannot split traffic")]
     CanaryNeedsNlb,

@@ -158,6 +158,11 @@ impl Run<'_> {
                 errors = seen.errors,
                 "canary soak"
             );
+            // Enough requests to judge and already too many errors: no need to serve
+            // them for the rest of the soak.
+            if seen.requests >= canary::EARLY_VERDICT_REQUESTS && seen.rate() > cfg.max_error_rate {
+                break;
+            }
         }
         if seen.rate() <= cfg.max_error_rate {
             tracing::info!(rate = seen.rate(), "canary passed");
@@ -179,7 +184,6 @@ impl Run<'_> {
             soak_seconds: cfg.soak_seconds,
             rate: seen.rate() * 100.0,
             max: cfg.max_error_rate * 100.0,
-            live,
         }
         .into())
     }
