@@ -1,16 +1,22 @@
-//! Loads: validated rows streamed into `COPY ... FROM STDIN`, one transaction per load.
+//! Loads: validated rows streamed into `COPY ... FROM STDIN`, one publishing
+//! transaction per load.
 //!
-//! - `load_customers` replaces `customer_activity`, `customer_profiles` and `labels`
-//!   with `DELETE` + `COPY` in one transaction: MVCC readers see the old tables until
-//!   the commit and the new ones after, never a half (TRUNCATE would not be MVCC-safe,
-//!   and a table swap breaks the readers' snapshots the same way).
+//! - `load_customers` loads `customer_activity`, `customer_profiles` and `labels` at
+//!   once, each file on its own connection into a new table written frozen
+//!   (`COPY ... FREEZE` in the transaction that creates it), checks the new tables,
+//!   then swaps all three in with one transaction: readers see the three old tables or
+//!   the three new ones, whatever their isolation level (frozen rows are visible to
+//!   snapshots older than the load, so a swap no longer shows them empty tables, as
+//!   TRUNCATE or a plain swap would). A role that cannot swap the tables (not their
+//!   owner, or something depends on them) replaces their rows with `DELETE` + `COPY`
+//!   in one transaction instead, one file after the other.
 //! - `load_sales` upserts `stores.csv` into `store_locations`, then replaces one month
 //!   of `sales` and its `monthly_sales` aggregate in one transaction.
 //!
 //! Both take a transaction-scoped advisory lock, so two loads of the same thing run one
 //! after the other; both run their table checks before the commit, and an error-level
-//! failure rolls everything back. Every file is opened before the transaction starts:
-//! a missing file touches nothing.
+//! failure rolls everything back (and drops a customer load's new tables). Every file
+//! is opened before the transaction starts: a missing file touches nothing.
 
 use std::io::IsTerminal;
 use std::sync::Arc;

@@ -5,10 +5,12 @@
 //! count per line, BOM and CRLF handled) and parsed with polars into a typed frame
 //! whose row checks are frame expressions ([`validate`]); the validated rows are
 //! written in PostgreSQL's binary COPY format ([`pgcopy`]) and sent straight into
-//! `COPY ... FROM STDIN` inside one transaction ([`load`]); a file under 1 MiB goes in
-//! with one `INSERT ... unnest` instead. A failure anywhere (bad line, failed error-level check, lost connection)
-//! rolls the transaction back, so nothing of the file is ever visible. Memory is
-//! bounded by the chunk size, whatever the file size; nothing is written to disk.
+//! `COPY ... FROM STDIN` ([`load`]: the customer files at once into new tables swapped
+//! in by one transaction, a month in one transaction); a small file goes in with one
+//! `INSERT ... unnest` instead. A failure anywhere (bad line, failed error-level
+//! check, lost connection) rolls back, so nothing of the file is ever visible. Memory
+//! is bounded by the loader's budget of chunks in flight, whatever the files' size;
+//! nothing is written to disk but the tables.
 
 pub mod load;
 pub mod month;
