@@ -15,6 +15,7 @@
 #                                               #   ETL_BENCH_ROUNDS_LARGE, default 1)
 #   PROFILE=dev bench/etl/run.sh                # quicker to build, slower to run
 #   PIPELINE_BIN=path/to/pipeline bench/etl/run.sh  # no build
+#   ETL_BENCH_ENV="MALLOC_MMAP_THRESHOLD_=131072" bench/etl/run.sh  # the pipeline's environment
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 profile="${PROFILE:-release}"
@@ -106,10 +107,10 @@ for scale in "${scale_list[@]}"; do
     export DATABASE_URL
     DATABASE_URL="$(url etl)"
     t0=$(now)
-    /usr/bin/time -f %M -o "$work/rss" "$bin" load-customers --source "$data" >/dev/null 2>>"$work/pipeline.log" ||
+    /usr/bin/time -f %M -o "$work/rss" env ${ETL_BENCH_ENV:-} "$bin" load-customers --source "$data" >/dev/null 2>>"$work/pipeline.log" ||
       { tail -20 "$work/pipeline.log" >&2; exit 1; }
     t1=$(now)
-    "$bin" catch-up --source "$data" --start "$first" --until "$until" >/dev/null \
+    env ${ETL_BENCH_ENV:-} "$bin" catch-up --source "$data" --start "$first" --until "$until" >/dev/null \
       2>>"$work/pipeline.log" || { tail -20 "$work/pipeline.log" >&2; exit 1; }
     t2=$(now)
     unset DATABASE_URL
