@@ -425,6 +425,45 @@ async fn three_instances_per_colour_behind_the_balancer_shift_by_weight() {
         assert_eq!(ok, "200", "r1 scores again through {ip}");
     }
 
+    // A deploy of r2 killed right after ModifyListener: the weights are on green, the
+    // state still says blue, with the shift written down as begun. The next run
+    // (rollback) settles it from the listener's real weights first: green was live,
+    // so rolling back sends everything to blue again.
+    let args = app.release_args(&["deploy", "--release", "r2"]);
+    let running = app.s.start_until(
+        &args,
+        &[(
+            "DEPLOYER_FAULT",
+            "after-modify-listener:aws_lb_listener.api",
+        )],
+        "fault point after-modify-listener:aws_lb_listener.api reached",
+    );
+    running.kill9();
+    let st = app.state().await;
+    assert_eq!(st.release.eip_holder, Some(Color::Blue));
+    let moving = st
+        .release
+        .weights_moving
+        .clone()
+        .expect("the shift was written first");
+    assert_eq!((moving.to, moving.percent), (Color::Green, 100));
+    assert_eq!(weights(&app).await, "blue 0%, green 100%");
+    std::thread::sleep(Duration::from_secs(4));
+    let r = app.ok(&app.release_args(&["rollback"])).await;
+    assert!(
+        r.stderr
+            .contains("the last run shifted the listener and stopped before recording it"),
+        "{}",
+        r.stderr
+    );
+    let st = app.state().await;
+    assert_eq!(st.release.weights_moving, None);
+    assert_eq!(st.release.eip_holder, Some(Color::Blue));
+    assert_eq!(weights(&app).await, "blue 100%, green 0%");
+    for ip in &ips {
+        common::assert_serving(*ip, port, "r1", None);
+    }
+
     app.ok(&["destroy", "--auto-approve"]).await;
     let left = leftovers(&app.s).await;
     assert!(left.is_empty(), "left after destroy: {left:?}");

@@ -216,8 +216,8 @@ impl Run<'_> {
         Ok(previous)
     }
 
-    /// A failure before the full shift: the new instances are deregistered and go, the
-    /// live colour keeps all traffic. Returns the error to report.
+    /// A failure before the full shift: the new instances are deregistered, drained and
+    /// terminated, the live colour keeps all traffic. Returns the error to report.
     async fn abandon_all(&mut self, bal: &Balancer, ids: Vec<String>, e: Error) -> Error {
         let why = match &e {
             Error::Release(ReleaseError::NotRunning { why, .. }) => why.clone(),
@@ -230,9 +230,16 @@ impl Run<'_> {
         };
         let idle = self.idle;
         let record = self.state.release.instances.get(&idle).cloned();
-        let mut result: Result<(), Error> = bal.deregister(idle, &ids).await.map_err(Error::from);
+        // Never while the listener sends it traffic; then drained (the group's
+        // deregistration delay) before termination: a canary's weight just set back
+        // takes a moment to reach new connections, and open ones finish.
+        let mut result = self.d.check_not_live(bal, idle).await;
         if result.is_ok() {
-            result = self.d.check_not_live(bal, idle).await;
+            let delay = Duration::from_secs(u64::from(self.d.cfg.nlb.deregistration_delay_seconds));
+            result = self
+                .d
+                .drain(bal, idle, &ids, delay + Duration::from_secs(30))
+                .await;
         }
         if result.is_ok() {
             for m in record.iter().flat_map(|r| r.members()) {
