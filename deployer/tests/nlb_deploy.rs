@@ -449,7 +449,9 @@ async fn three_instances_per_colour_behind_the_balancer_shift_by_weight() {
     assert_eq!((moving.to, moving.percent), (Color::Green, 100));
     assert_eq!(weights(&app).await, "blue 0%, green 100%");
     std::thread::sleep(Duration::from_secs(4));
-    let r = app.ok(&app.release_args(&["rollback"])).await;
+    let r = app
+        .ok(&app.release_args(&["rollback", "--rollback-window", "1s"]))
+        .await;
     assert!(
         r.stderr
             .contains("the last run shifted the listener and stopped before recording it"),
@@ -460,6 +462,33 @@ async fn three_instances_per_colour_behind_the_balancer_shift_by_weight() {
     assert_eq!(st.release.weights_moving, None);
     assert_eq!(st.release.eip_holder, Some(Color::Blue));
     assert_eq!(weights(&app).await, "blue 100%, green 0%");
+    for ip in &ips {
+        common::assert_serving(*ip, port, "r1", None);
+    }
+
+    // Its window over, green (r2, at weight 0) is drained out of its group and
+    // terminated by retire; blue keeps serving.
+    let green = st.release.instances[&Color::Green].ids();
+    std::thread::sleep(Duration::from_secs(1));
+    let r = app.ok(&["retire"]).await;
+    assert!(
+        r.stdout.contains(&format!("Terminated {N} instance(s)")),
+        "{}",
+        r.stdout
+    );
+    let st = app.state().await;
+    assert!(!st.release.instances.contains_key(&Color::Green), "{st:#?}");
+    assert_eq!(target_health(&app, Color::Green).await, []);
+    for id in &green {
+        // The runner stops a terminated instance's unit on its next tick.
+        let now = cloud().wait_status(id, Duration::from_secs(20), |s| {
+            !matches!(s, InstanceStatus::Serving(_))
+        });
+        assert!(
+            !matches!(now, Some(InstanceStatus::Serving(_))),
+            "{id} still serves: {now:?}"
+        );
+    }
     for ip in &ips {
         common::assert_serving(*ip, port, "r1", None);
     }

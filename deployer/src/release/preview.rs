@@ -92,3 +92,47 @@ pub fn cutover_preview_nlb(
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::state::InstanceRecord;
+
+    #[test]
+    fn behind_the_balancer_the_cutover_is_the_weight_change() {
+        let mut st = State::empty("app");
+        st.release.eip_holder = Some(Color::Blue);
+        st.release.instances.insert(
+            Color::Blue,
+            InstanceRecord {
+                instance_id: "i-1".into(),
+                release: "r1".into(),
+                ami: "ami-1".into(),
+                launched_at: chrono::Utc::now(),
+                model_version: None,
+                retire_after: None,
+                more: Vec::new(),
+            },
+        );
+        let out = cutover_preview_nlb(&st, "r2", 3, Some(10), &ReleaseOptions::default());
+        assert!(
+            out.contains("+ aws_instance.green: 3 x release r2"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "~ aws_lb_listener.api weights: blue 100%, green 0% -> blue 90%, green 10% (canary"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("~ aws_lb_listener.api weights: blue 100%, green 0% -> blue 0%, green 100% (the cutover)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("- aws_instance.blue (i-1): kept at weight 0"),
+            "{out}"
+        );
+    }
+}
