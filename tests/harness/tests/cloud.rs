@@ -83,9 +83,13 @@ where
 }
 
 async fn new_vpc(ec2: &aws_sdk_ec2::Client) -> (String, String) {
+    // Each test's VPC gets a range of its own: moto hands out private addresses in
+    // order, so same-range VPCs of tests running at once would give their instances
+    // the same private address (which the address map then leaves out).
+    let octet: u8 = rand::random_range(1..=250);
     let vpc = ec2
         .create_vpc()
-        .cidr_block("10.0.0.0/16")
+        .cidr_block(format!("10.{octet}.0.0/16"))
         .send()
         .await
         .unwrap()
@@ -93,18 +97,23 @@ async fn new_vpc(ec2: &aws_sdk_ec2::Client) -> (String, String) {
         .unwrap()
         .vpc_id
         .unwrap();
-    let subnet = ec2
-        .create_subnet()
-        .vpc_id(&vpc)
-        .cidr_block("10.0.1.0/24")
+    let subnet = subnet_in(ec2, &vpc, &format!("10.{octet}.1.0/24"), None).await;
+    (vpc, subnet)
+}
+
+/// A new subnet `cidr` of `vpc`, in `zone` (else the region's choice); its id.
+async fn subnet_in(ec2: &aws_sdk_ec2::Client, vpc: &str, cidr: &str, zone: Option<&str>) -> String {
+    ec2.create_subnet()
+        .vpc_id(vpc)
+        .cidr_block(cidr)
+        .set_availability_zone(zone.map(String::from))
         .send()
         .await
         .unwrap()
         .subnet
         .unwrap()
         .subnet_id
-        .unwrap();
-    (vpc, subnet)
+        .unwrap()
 }
 
 /// A VPC whose subnet routes 0.0.0.0/0 to an internet gateway; returns (vpc, subnet,
@@ -890,18 +899,7 @@ async fn zone_subnet(
     cidr: &str,
     zone: &str,
 ) -> String {
-    let subnet = ec2
-        .create_subnet()
-        .vpc_id(vpc)
-        .cidr_block(cidr)
-        .availability_zone(zone)
-        .send()
-        .await
-        .unwrap()
-        .subnet
-        .unwrap()
-        .subnet_id
-        .unwrap();
+    let subnet = subnet_in(ec2, vpc, cidr, Some(zone)).await;
     ec2.associate_route_table()
         .route_table_id(rtb)
         .subnet_id(&subnet)
@@ -1042,7 +1040,15 @@ async fn a_network_load_balancer_spreads_over_healthy_targets_by_its_weights() {
     let ec2 = ec2().await;
     let elb = elb().await;
     let (vpc, subnet_a, rtb, _) = routed_network(&ec2).await;
-    let subnet_b = zone_subnet(&ec2, &vpc, &rtb, "10.0.2.0/24", "us-east-1b").await;
+    let subnets = ec2
+        .describe_subnets()
+        .subnet_ids(&subnet_a)
+        .send()
+        .await
+        .unwrap();
+    let cidr_a = subnets.subnets()[0].cidr_block().unwrap();
+    let cidr_b = cidr_a.replace(".1.0/24", ".2.0/24");
+    let subnet_b = zone_subnet(&ec2, &vpc, &rtb, &cidr_b, "us-east-1b").await;
     let (eip_a, eip_b) = (allocate(&ec2).await, allocate(&ec2).await);
     let ips: Vec<Ipv4Addr> = [&eip_a, &eip_b]
         .iter()

@@ -405,6 +405,11 @@ impl Runner {
 
     fn write_address_map(&mut self, ctx: &Context) -> Fallible<()> {
         let mut map = BTreeMap::new();
+        // A private address is unique only within its VPC: two live instances of two
+        // VPCs (two tests, two apps) may share one. Such an address names no single
+        // instance, so it is left out of the map (a prober from outside the VPC could
+        // not use it on AWS either).
+        let mut shared_private = BTreeSet::new();
         for i in lock(&ctx.shared).instances.values().filter(|i| i.alive()) {
             for ip in [&i.public_ip, &i.private_ip].into_iter().flatten() {
                 // An Elastic IP (loopback) is served by its own forwarder, and moto
@@ -412,8 +417,16 @@ impl Runner {
                 if ip.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback()) {
                     continue;
                 }
-                map.insert(ip.clone(), i.standin.to_string());
+                let standin = i.standin.to_string();
+                if let Some(other) = map.insert(ip.clone(), standin.clone())
+                    && other != standin
+                {
+                    shared_private.insert(ip.clone());
+                }
             }
+        }
+        for ip in &shared_private {
+            map.remove(ip);
         }
         let text = serde_json::to_string_pretty(&map).map_err(|e| e.to_string())? + "\n";
         if text != self.last_map {
