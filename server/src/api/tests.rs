@@ -51,9 +51,7 @@ fn errors_name_the_field() {
         "features.attr_a"
     );
     assert_eq!(
-        field_of(
-            r#"{"idx": 1, "features": {"attr_a": 1, "attr_b": 3, "scd_a": 0.5, "scd_b": 3}}"#
-        ),
+        field_of(r#"{"idx": 1, "features": {"attr_a": 1, "attr_b": 3, "scd_a": 0.5, "scd_b": 3}}"#),
         "features.attr_b"
     );
     assert_eq!(
@@ -99,8 +97,7 @@ fn malformed_is_not_invalid() {
 
 #[test]
 fn batch() {
-    let one =
-        r#"{"idx": 1, "features": {"attr_a": 1, "attr_b": "c", "scd_a": 0.5, "scd_b": 3}}"#;
+    let one = r#"{"idx": 1, "features": {"attr_a": 1, "attr_b": "c", "scd_a": 0.5, "scd_b": 3}}"#;
     let body = format!(r#"{{"instances": [{one}, {one}]}}"#);
     assert_eq!(parse_batch(body.as_bytes(), 10).unwrap().len(), 2);
     let bad = format!(

@@ -602,10 +602,7 @@ fn curl_https(addr: SocketAddr, root: &std::path::Path) -> anyhow::Result<()> {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {
-            let last = err
-                .lines()
-                .filter(|l| !l.starts_with(['>', '<', '{', '}']))
-                .next_back();
+            let last = err.lines().rfind(|l| !l.starts_with(['>', '<', '{', '}']));
             bail!("curl {url} ({}): {}", out.status, last.unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(500));

@@ -91,6 +91,7 @@ pub(super) async fn probe(addr: SocketAddr, path: Option<&str>, timeout: Duratio
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
