@@ -35,7 +35,9 @@ else
 fi
 [ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time) for peak RSS" >&2; exit 1; }
 
-pg_bin="${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}"
+# ETL_BENCH_ENV: NAME=VALUE words for the pipeline's environment (see bench/README.md).
+read -ra bench_env <<<"${ETL_BENCH_ENV:-}"
+pg_bin="${PG_BIN:-$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
 [ -x "$pg_bin/initdb" ] || { echo "no PostgreSQL server binaries: run tools/bootstrap.sh or set PG_BIN" >&2; exit 1; }
 work="$(mktemp -d /tmp/etl-bench.XXXXXX)"
 # PostgreSQL refuses to run as root: then the cluster runs as Debian's postgres user.
@@ -86,7 +88,7 @@ for scale in "${scale_list[@]}"; do
     echo "\\copy labels (idx,label) FROM '$data/labels.csv' WITH (FORMAT csv, HEADER true)"
   } >"$customers_sql"
   months_sql="$work/months.psql"
-  for f in $(ls "$data"/sales/*/sales.csv | sort); do
+  for f in "$data"/sales/*/sales.csv; do  # a glob expands in sorted order
     echo "\\copy sales (idx,value,date,store_idx) FROM '$f' WITH (FORMAT csv, HEADER true)"
   done >"$months_sql"
   n=$rounds
@@ -107,10 +109,10 @@ for scale in "${scale_list[@]}"; do
     export DATABASE_URL
     DATABASE_URL="$(url etl)"
     t0=$(now)
-    /usr/bin/time -f %M -o "$work/rss" env ${ETL_BENCH_ENV:-} "$bin" load-customers --source "$data" >/dev/null 2>>"$work/pipeline.log" ||
+    /usr/bin/time -f %M -o "$work/rss" env "${bench_env[@]}" "$bin" load-customers --source "$data" >/dev/null 2>>"$work/pipeline.log" ||
       { tail -20 "$work/pipeline.log" >&2; exit 1; }
     t1=$(now)
-    env ${ETL_BENCH_ENV:-} "$bin" catch-up --source "$data" --start "$first" --until "$until" >/dev/null \
+    env "${bench_env[@]}" "$bin" catch-up --source "$data" --start "$first" --until "$until" >/dev/null \
       2>>"$work/pipeline.log" || { tail -20 "$work/pipeline.log" >&2; exit 1; }
     t2=$(now)
     unset DATABASE_URL

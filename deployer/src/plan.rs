@@ -7,8 +7,6 @@ mod render;
 pub use render::render;
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
-use std::task::Poll;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -157,43 +155,16 @@ async fn prefetch(stack: &Stack<'_>, state: &State) -> Result<(), AwsError> {
     let reads = EVERY_KIND
         .iter()
         .filter(|(kind, _)| looked_at(stack.cfg, state, *kind))
-        .map(|(kind, _)| {
-            Box::pin(async move {
-                if let Some(id) = ids.get(kind) {
-                    stack.read(*kind, id).await?;
-                }
-                stack.find(*kind, ids).await?;
-                Ok(())
-            }) as Pin<Box<dyn Future<Output = Result<(), AwsError>> + Send + '_>>
-        });
-    join_all(reads.collect()).await.into_iter().collect()
-}
-
-/// Runs `futures` at the same time on this task; their results in their order.
-async fn join_all<T>(futures: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> Vec<T> {
-    let mut running: Vec<_> = futures.into_iter().map(Some).collect();
-    let mut done: Vec<Option<T>> = running.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (slot, out) in running.iter_mut().zip(done.iter_mut()) {
-            if let Some(fut) = slot {
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(v) => {
-                        *out = Some(v);
-                        *slot = None;
-                    }
-                    Poll::Pending => pending = true,
-                }
+        .map(|(kind, _)| async move {
+            if let Some(id) = ids.get(kind) {
+                stack.read(*kind, id).await?;
             }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    done.into_iter().flatten().collect()
+            stack.find(*kind, ids).await?;
+            Ok::<(), AwsError>(())
+        });
+    // All at once on this task (the stack's permits bound the calls in flight); the
+    // first error ends the prefetch.
+    futures_util::future::try_join_all(reads).await.map(|_| ())
 }
 
 /// The refresh, resource after resource in dependency order: through the state's id,

@@ -157,8 +157,9 @@ async fn a_role_that_does_not_own_the_tables_loads_them_in_place() {
     let (db, pool) = database().await;
     let user = harness::unique("etl_loader").replace('-', "_");
     let password = harness::unique("pw");
+    let quoted = format!("'{password}'"); // generated above: no quote inside
     db.psql(&format!(
-        "CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE mle_user_role"
+        "CREATE ROLE {user} LOGIN PASSWORD {quoted} IN ROLE mle_user_role"
     ))
     .expect("create a non-owner role");
     let as_user = pipeline::db::connect(&db.url_as(&user, &password))
