@@ -290,6 +290,19 @@ impl Run<'_> {
             Err(e) => Err(e),
         };
         self.state.release.instances.remove(&self.idle);
+        self.record_abandoned(term, id, why, kept).await
+    }
+
+    /// Records the deploy as failed (`why`) and returns what to report: the error of
+    /// the clean-up (`cleanup`) or of the state write if any, else
+    /// [`ReleaseError::Abandoned`] naming `instance` and what `kept` the traffic.
+    pub(super) async fn record_abandoned(
+        &mut self,
+        cleanup: Result<(), Error>,
+        instance: String,
+        why: String,
+        kept: String,
+    ) -> Error {
         self.state.release.last = Some(ReleaseEvent {
             operation: ReleaseOperation::Deploy,
             release: self.release.into(),
@@ -299,13 +312,13 @@ impl Run<'_> {
         if let Err(e) = self.store.write(&mut self.state).await {
             return e.into();
         }
-        if let Err(e) = term {
+        if let Err(e) = cleanup {
             return e;
         }
         ReleaseError::Abandoned {
             release: self.release.into(),
             color: self.idle,
-            instance: id,
+            instance,
             why,
             kept,
         }

@@ -259,26 +259,8 @@ impl Run<'_> {
         if result.is_ok() {
             self.state.release.instances.remove(&idle);
         }
-        self.state.release.last = Some(ReleaseEvent {
-            operation: ReleaseOperation::Deploy,
-            release: self.release.into(),
-            at: chrono::Utc::now(),
-            outcome: EventOutcome::Failed(why.clone()),
-        });
-        if let Err(e) = self.store.write(&mut self.state).await {
-            return e.into();
-        }
-        if let Err(e) = result {
-            return e;
-        }
-        ReleaseError::Abandoned {
-            release: self.release.into(),
-            color: idle,
-            instance: ids.join(", "),
-            why,
-            kept,
-        }
-        .into()
+        self.record_abandoned(result, ids.join(", "), why, kept)
+            .await
     }
 }
 

@@ -80,26 +80,9 @@ impl Deployer {
             ))
             .into());
         };
-        let alive = describe(&self.clients, &rec.instance_id).await?;
-        let healthy = match &alive {
-            Some(d) if d.is_running() => {
-                let (ip, port) = (d.public_ip, self.cfg.api_port);
-                health::gate_resolving(
-                    || opts.endpoints.for_color(prev, &rec.instance_id, ip, port),
-                    &rec.release,
-                    rec.model_version.as_deref(),
-                    opts.health_deadline,
-                    opts.probe_interval,
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            }
-            other => Err(format!(
-                "instance state {:?}",
-                other.as_ref().map(|o| o.state.as_str())
-            )),
-        };
+        let healthy = self
+            .previous_usable(prev, &rec, &rec.instance_id, opts)
+            .await?;
         if let Err(why) = healthy {
             tracing::warn!(color = %prev, "previous colour not usable ({why}): redeploying {}", rec.release);
             return Ok(Next::Redeploy(rec.release.clone(), why));
@@ -146,6 +129,38 @@ impl Deployer {
     /// `front = "nlb"`: every new connection back to the previous colour if all its
     /// instances are alive and healthy (by its target group and by the probes), else a
     /// redeploy of its release.
+    /// Whether instance `id` of the previous colour `prev` (running `rec`'s release)
+    /// can take the traffic back: running, and passing the health gate. `Ok(Err(why))`
+    /// when it cannot; `Err` when AWS could not be asked.
+    async fn previous_usable(
+        &self,
+        prev: crate::state::Color,
+        rec: &crate::state::InstanceRecord,
+        id: &str,
+        opts: &ReleaseOptions,
+    ) -> Result<Result<(), String>, Error> {
+        let alive = describe(&self.clients, id).await?;
+        Ok(match &alive {
+            Some(d) if d.is_running() => {
+                let (ip, port) = (d.public_ip, self.cfg.api_port);
+                health::gate_resolving(
+                    || opts.endpoints.for_color(prev, id, ip, port),
+                    &rec.release,
+                    rec.model_version.as_deref(),
+                    opts.health_deadline,
+                    opts.probe_interval,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }
+            other => Err(format!(
+                "instance {id} state {:?}",
+                other.as_ref().map(|o| o.state.as_str())
+            )),
+        })
+    }
+
     async fn rollback_nlb(&self, opts: &ReleaseOptions) -> Result<Next, Error> {
         let store = self.store();
         let mut state = store.read(&self.cfg.app).await?;
@@ -163,26 +178,7 @@ impl Deployer {
         };
         let mut why = None;
         for id in rec.ids() {
-            let alive = describe(&self.clients, &id).await?;
-            let healthy = match &alive {
-                Some(d) if d.is_running() => {
-                    let (ip, port) = (d.public_ip, self.cfg.api_port);
-                    health::gate_resolving(
-                        || opts.endpoints.for_color(prev, &id, ip, port),
-                        &rec.release,
-                        rec.model_version.as_deref(),
-                        opts.health_deadline,
-                        opts.probe_interval,
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-                }
-                other => Err(format!(
-                    "instance {id} state {:?}",
-                    other.as_ref().map(|o| o.state.as_str())
-                )),
-            };
+            let healthy = self.previous_usable(prev, &rec, &id, opts).await?;
             if let Err(w) = healthy {
                 why = Some(w);
                 break;
