@@ -494,35 +494,8 @@ async fn three_instances_per_colour_behind_the_balancer_shift_by_weight() {
     }
 
     app.ok(&["destroy", "--auto-approve"]).await;
-    let mut left = leftovers(&app.s).await;
-    left.extend(balancer_leftovers(&app).await);
+    let left = leftovers(&app.s).await;
     assert!(left.is_empty(), "left after destroy: {left:?}");
-}
-
-/// The app's load balancers and target groups still in the account (named after it).
-async fn balancer_leftovers(app: &CloudApp) -> Vec<String> {
-    let elb = app.s.clients().await.elb;
-    let prefix = format!("{}-", app.s.cfg.app);
-    let mut left = Vec::new();
-    let lbs = elb.describe_load_balancers().send().await.unwrap();
-    for lb in lbs.load_balancers() {
-        if lb
-            .load_balancer_name()
-            .is_some_and(|n| n.starts_with(&prefix))
-        {
-            left.push(format!("load balancer {:?}", lb.load_balancer_name()));
-        }
-    }
-    let tgs = elb.describe_target_groups().send().await.unwrap();
-    for tg in tgs.target_groups() {
-        if tg
-            .target_group_name()
-            .is_some_and(|n| n.starts_with(&prefix))
-        {
-            left.push(format!("target group {:?}", tg.target_group_name()));
-        }
-    }
-    left
 }
 
 /// Keep-alive `POST /predict`s on one connection to `addr` until `until`: the number of

@@ -310,76 +310,6 @@ fn with_front(s: &Setup, front: &str) -> Setup {
     }
 }
 
-/// What is left of `s`'s app: balancer, groups, the balancer's interfaces, subnets,
-/// addresses, VPCs.
-async fn leftovers(s: &Setup, lb_arns: &[String]) -> Vec<String> {
-    let c = s.clients().await;
-    let mut left = Vec::new();
-    let lbs = c
-        .elb
-        .describe_load_balancers()
-        .names(deployer::stack::lb_name(&s.cfg))
-        .send()
-        .await;
-    if let Ok(out) = lbs {
-        for lb in out.load_balancers() {
-            left.push(format!("balancer {:?}", lb.load_balancer_arn()));
-        }
-    }
-    let groups = c.elb.describe_target_groups().send().await.unwrap();
-    for color in [Color::Blue, Color::Green] {
-        let name = deployer::stack::target_group_name(&s.cfg, color);
-        for g in groups.target_groups() {
-            if g.target_group_name() == Some(name.as_str()) {
-                left.push(format!("target group {name}"));
-            }
-        }
-    }
-    for arn in lb_arns {
-        let desc = format!(
-            "ELB net/{}/{}",
-            deployer::stack::lb_name(&s.cfg),
-            arn.rsplit('/').next().unwrap()
-        );
-        let enis = c
-            .ec2
-            .describe_network_interfaces()
-            .filters(Filter::builder().name("description").values(&desc).build())
-            .send()
-            .await
-            .unwrap();
-        for e in enis.network_interfaces() {
-            left.push(format!("interface {:?} ({desc})", e.network_interface_id()));
-        }
-    }
-    let tag = Filter::builder().name("tag:app").values(&s.cfg.app).build();
-    let subnets = c
-        .ec2
-        .describe_subnets()
-        .filters(tag.clone())
-        .send()
-        .await
-        .unwrap();
-    for sn in subnets.subnets() {
-        left.push(format!("subnet {:?}", sn.subnet_id()));
-    }
-    let addrs = c
-        .ec2
-        .describe_addresses()
-        .filters(tag.clone())
-        .send()
-        .await
-        .unwrap();
-    for a in addrs.addresses() {
-        left.push(format!("address {:?}", a.allocation_id()));
-    }
-    let vpcs = c.ec2.describe_vpcs().filters(tag).send().await.unwrap();
-    for v in vpcs.vpcs() {
-        left.push(format!("vpc {:?}", v.vpc_id()));
-    }
-    left
-}
-
 /// An `eip` stack whose live instance (blue, release r1) holds the Elastic IP switches
 /// to `nlb`: the plan says the address stays, the apply moves it onto the balancer once
 /// the live instance is healthy behind it, and the address serves r1 through the
@@ -523,7 +453,7 @@ async fn switching_to_nlb_keeps_the_elastic_ip_on_the_balancer_and_destroy_leave
         .await
         .unwrap();
     assert_eq!(destroyed.code, 0, "destroy:\n{}", destroyed.all());
-    let left = leftovers(&n, &[lb]).await;
+    let left = common::app::leftovers(&n).await;
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 

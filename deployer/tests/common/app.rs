@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use aws_sdk_ec2::types::Filter;
+use deployer::state::Color;
 use harness::cloud::LocalCloud;
 
 use super::{Run, Setup, path_str, setup_with};
@@ -130,12 +131,55 @@ impl CloudApp {
     }
 }
 
-/// What the app of `s` left behind in the account: live instances, addresses, VPCs,
-/// its IAM role and instance profile.
+/// What the app of `s` left behind in the account: live instances, subnets, addresses,
+/// VPCs, its IAM role and instance profile, and with `front = "nlb"` its balancer, target
+/// groups and the balancer's interfaces (which linger after the balancer).
 pub async fn leftovers(s: &Setup) -> Vec<String> {
     let c = s.clients().await;
     let tag = Filter::builder().name("tag:app").values(&s.cfg.app).build();
     let mut left = Vec::new();
+    let lb = deployer::stack::lb_name(&s.cfg);
+    if let Ok(out) = c.elb.describe_load_balancers().names(&lb).send().await {
+        for b in out.load_balancers() {
+            left.push(format!("balancer {:?}", b.load_balancer_arn()));
+        }
+    }
+    let groups = c.elb.describe_target_groups().send().await.unwrap();
+    for color in [Color::Blue, Color::Green] {
+        let name = deployer::stack::target_group_name(&s.cfg, color);
+        if groups
+            .target_groups()
+            .iter()
+            .any(|g| g.target_group_name() == Some(name.as_str()))
+        {
+            left.push(format!("target group {name}"));
+        }
+    }
+    let enis = c
+        .ec2
+        .describe_network_interfaces()
+        .filters(
+            Filter::builder()
+                .name("description")
+                .values(format!("ELB net/{lb}/*"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    for e in enis.network_interfaces() {
+        left.push(format!("balancer interface {:?}", e.network_interface_id()));
+    }
+    let subnets = c
+        .ec2
+        .describe_subnets()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    for sn in subnets.subnets() {
+        left.push(format!("subnet {:?}", sn.subnet_id()));
+    }
     let res = c
         .ec2
         .describe_instances()
