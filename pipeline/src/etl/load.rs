@@ -20,18 +20,14 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::Instant;
 
-use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
-use super::pgcopy;
 use super::source::ObjectReader;
-use super::spec::{self, FileSpec, Kind};
-use super::validate::Validator;
+use super::spec::{self, FileSpec};
+use super::swap::{CUSTOMER_TABLES, can_swap, staging_name, swap_in};
 use super::{EtlError, Month, Source};
-use crate::progress::Progress;
 use crate::quality::{self, CheckResult, CustomerTables};
 
 /// What a load did, and its data-quality results (kept when it failed too).
@@ -75,7 +71,7 @@ pub struct Loader {
     pub jobs: usize,
     /// Chunks parsed or queued for COPY at once, over every file this loader (and its
     /// clones) is loading.
-    budget: Arc<Semaphore>,
+    pub(super) budget: Arc<Semaphore>,
 }
 
 /// The loader's budget of chunks in memory at once: one per customer file loading
@@ -90,15 +86,8 @@ pub const CHUNKS_IN_FLIGHT: usize = 4;
 /// faster (measured at 1, 2 and 8 MiB on the 1.5 M-customer files).
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
 
-/// COPY data goes to the connection in messages of at most this size.
-const SEND_PIECE_BYTES: usize = 256 << 10;
-
 /// Months loaded at once by default.
 pub const DEFAULT_JOBS: usize = 4;
-
-/// Files up to this size go in with one `INSERT ... unnest` rather than COPY (see
-/// [`insert_small`]); above it COPY's streaming ingest is the faster path.
-const SMALL_FILE_BYTES: usize = 1 << 20;
 
 impl Loader {
     pub fn new(pool: PgPool, source: Source) -> Loader {
@@ -360,126 +349,6 @@ impl Loader {
         commit_unless_blocked(tx, results, checks).await?;
         Ok(report)
     }
-
-    /// Streams one file through the validator into `COPY target`. Returns rows copied.
-    async fn copy_file(
-        &self,
-        conn: &mut PgConnection,
-        spec: FileSpec,
-        target: &str,
-        mut reader: ObjectReader,
-        checks: &mut Vec<CheckResult>,
-        freeze: bool,
-    ) -> Result<u64, EtlError> {
-        let started = Instant::now();
-        let location = reader.location().to_string();
-        // A frozen load needs COPY (an INSERT cannot write frozen rows).
-        if !freeze
-            && reader
-                .size()
-                .is_some_and(|s| s <= SMALL_FILE_BYTES.min(self.chunk_bytes) as u64)
-        {
-            let mut v = Validator::new(spec, location);
-            let n = insert_small(conn, &mut v, target, reader).await;
-            checks.extend(v.results());
-            return n;
-        }
-        let progress = Progress::new(self.progress, &spec.file, reader.size());
-        let types = pgcopy::column_types(conn, target, &spec).await?;
-        let statement = format!(
-            "COPY {target} ({}) FROM STDIN WITH (FORMAT binary{})",
-            spec.column_list(),
-            if freeze { ", FREEZE" } else { "" }
-        );
-        let v = Validator::new(spec, location.clone());
-        let mut copy = conn.copy_in_raw(&statement).await?;
-
-        // Read and validate on a task of its own while this one feeds COPY, so polars'
-        // parsing overlaps PostgreSQL's ingest. A chunk is parsed only under a permit
-        // of the loader's budget, held until its rows are sent: memory is bounded by
-        // [`CHUNKS_IN_FLIGHT`] chunks however large the files and however many load at
-        // once (the three customer files, the months of a catch-up).
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, OwnedSemaphorePermit)>(1);
-        let chunk_bytes = self.chunk_bytes;
-        let budget = self.budget.clone();
-        let bar = progress.clone();
-        let producer = tokio::spawn(async move {
-            let mut v = v;
-            let r: Result<(), EtlError> = async {
-                let mut out = pgcopy::HEADER.to_vec();
-                loop {
-                    let more = reader.read_into(v.buffer()).await?;
-                    if v.buffered() >= chunk_bytes || !more {
-                        let permit = budget
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| EtlError::Config("the chunk budget closed".into()))?;
-                        if let Some(df) = v.take_frame(!more)? {
-                            pgcopy::encode(&v, &df, &types, &mut out)?;
-                        }
-                        if !more {
-                            out.extend_from_slice(pgcopy::TRAILER);
-                        }
-                        if !out.is_empty()
-                            && tx.send((std::mem::take(&mut out), permit)).await.is_err()
-                        {
-                            // COPY failed: the consumer reports why.
-                            return Ok(());
-                        }
-                        bar.set(v.consumed());
-                    }
-                    if !more {
-                        return Ok(());
-                    }
-                }
-            }
-            .await;
-            (v, r)
-        });
-        let mut sent: Result<(), EtlError> = Ok(());
-        'recv: while let Some((rows, _permit)) = rx.recv().await {
-            // In pieces: sqlx copies each CopyData message into the connection's write
-            // buffer, which keeps the capacity of the largest message it ever held.
-            for piece in rows.chunks(SEND_PIECE_BYTES) {
-                if let Err(e) = copy.send(piece).await {
-                    sent = Err(EtlError::Db(e));
-                    break 'recv;
-                }
-            }
-        }
-        drop(rx);
-        let (v, produced) = producer
-            .await
-            .map_err(|e| EtlError::Config(format!("the validating task failed: {e}")))?;
-        // A bad line is the cause when there is one; else whatever COPY said.
-        let streamed = produced.and(sent);
-        checks.extend(v.results());
-        progress.finish();
-        match streamed {
-            Ok(()) => {
-                let n = copy.finish().await.map_err(|e| map_copy_error(e, &v))?;
-                tracing::info!(
-                    file = %location,
-                    table = target,
-                    rows = n,
-                    secs = format!("{:.2}", started.elapsed().as_secs_f64()),
-                    "loaded"
-                );
-                Ok(n)
-            }
-            Err(e) => {
-                let e = match e {
-                    EtlError::Db(d) => map_copy_error(d, &v),
-                    other => other,
-                };
-                // The transaction is rolled back by the caller dropping it; end the
-                // COPY cleanly so the connection goes back to the pool usable.
-                let _ = copy.abort(e.to_string()).await;
-                Err(e)
-            }
-        }
-    }
 }
 
 /// The table checks of a customer load: row counts from the load itself, the history
@@ -497,277 +366,6 @@ async fn customer_table_checks(
     results.extend(quality::run_history_checks(&mut *conn, &mut to_run, tables).await?);
     results.extend(quality::run_checks(&mut *conn, &to_run).await?);
     Ok(results)
-}
-
-/// The tables `load-customers` replaces, in file order.
-const CUSTOMER_TABLES: [&str; 3] = ["customer_activity", "customer_profiles", "labels"];
-
-/// The table a customer file is loaded into before it is swapped in.
-fn staging_name(table: &str) -> String {
-    format!("{table}_loading")
-}
-
-/// Whether this role can load the customer tables by swapping: it owns them (or is a
-/// member of their owner), may create tables in `public`, and nothing else (a view, a
-/// foreign key) depends on them. Otherwise the load replaces the rows in place.
-async fn can_swap(conn: &mut PgConnection) -> Result<bool, EtlError> {
-    let ok: Option<bool> = sqlx::query_scalar(
-        "SELECT count(*) = 3 AND has_schema_privilege('public', 'CREATE') \
-                AND bool_and(pg_has_role(current_user, c.relowner, 'USAGE')) \
-                AND NOT bool_or(EXISTS (SELECT 1 FROM pg_depend d \
-                    WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = c.oid \
-                      AND d.deptype = 'n' \
-                      AND d.classid IN ('pg_rewrite'::regclass, 'pg_constraint'::regclass))) \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = 'public' AND c.relname = ANY($1)",
-    )
-    .bind(CUSTOMER_TABLES)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(ok == Some(true))
-}
-
-/// Locks the three tables for the swap. A reader holding one of them is waited for;
-/// but a reader that goes on to another table the swap already holds would deadlock
-/// with it, so each attempt gives up after a short `lock_timeout` (well before
-/// PostgreSQL's one-second deadlock check), releases what it took and tries again; the
-/// last attempt waits as long as it takes.
-async fn lock_for_swap(conn: &mut PgConnection) -> Result<(), EtlError> {
-    const ATTEMPTS: u32 = 8;
-    for attempt in 0..ATTEMPTS {
-        let last = attempt + 1 == ATTEMPTS;
-        let timeout_ms = if last { 0 } else { 100u64 << attempt.min(3) };
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "SAVEPOINT swap_lock; SET LOCAL lock_timeout = {timeout_ms}"
-        )))
-        .execute(&mut *conn)
-        .await?;
-        let locked = sqlx::query(
-            "LOCK TABLE customer_activity, customer_profiles, labels IN ACCESS EXCLUSIVE MODE",
-        )
-        .execute(&mut *conn)
-        .await;
-        match locked {
-            Ok(_) => {
-                sqlx::raw_sql("RELEASE SAVEPOINT swap_lock; SET LOCAL lock_timeout = 0")
-                    .execute(&mut *conn)
-                    .await?;
-                return Ok(());
-            }
-            Err(e) if !last && is_lock_timeout(&e) => {
-                tracing::debug!(attempt, "the customer tables are busy; retrying the swap");
-                sqlx::raw_sql("ROLLBACK TO SAVEPOINT swap_lock")
-                    .execute(&mut *conn)
-                    .await?;
-                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(4))).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    unreachable!("the last attempt returns")
-}
-
-/// `lock_not_available`: a `lock_timeout` ran out.
-fn is_lock_timeout(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c == "55P03")
-}
-
-/// Inside the publishing transaction: the loaded tables take the place of the old
-/// ones, with their names, owner, grants and index names. Readers see the old tables
-/// until the commit and the new ones after (the rows are frozen, so whatever their
-/// snapshot); one that is reading a table when the swap begins is waited for.
-async fn swap_in(conn: &mut PgConnection) -> Result<(), EtlError> {
-    lock_for_swap(conn).await?;
-    for table in CUSTOMER_TABLES {
-        let next = staging_name(table);
-        let mut statements: Vec<String> = sqlx::query_scalar(
-            "SELECT format('GRANT %s ON %I TO %s%s', a.privilege_type, $2::text, \
-                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
-                         ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
-                    CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
-             FROM pg_class c, aclexplode(c.relacl) a \
-             WHERE c.oid = $1::regclass AND a.grantee <> c.relowner",
-        )
-        .bind(table)
-        .bind(&next)
-        .fetch_all(&mut *conn)
-        .await?;
-        let owner: String = sqlx::query_scalar(
-            "SELECT quote_ident(pg_get_userbyid(relowner)) FROM pg_class WHERE oid = $1::regclass",
-        )
-        .bind(table)
-        .fetch_one(&mut *conn)
-        .await?;
-        // The new table's indexes, paired with the old ones by definition.
-        let indexes: Vec<(String, String)> = sqlx::query_as(
-            "WITH i AS (SELECT x.indrelid, c.relname::text AS name, x.indisunique, \
-                          x.indisprimary, \
-                          regexp_replace(pg_get_indexdef(x.indexrelid), '^.* USING ', '') AS def \
-                        FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid \
-                        WHERE x.indrelid IN ($1::regclass, $2::regclass)) \
-             SELECT n.name, o.name FROM i n JOIN i o \
-               ON n.indrelid = $2::regclass AND o.indrelid = $1::regclass \
-              AND n.def = o.def AND n.indisunique = o.indisunique \
-              AND n.indisprimary = o.indisprimary",
-        )
-        .bind(table)
-        .bind(&next)
-        .fetch_all(&mut *conn)
-        .await?;
-        statements.push(format!("ALTER TABLE {next} OWNER TO {owner}"));
-        statements.push(format!("DROP TABLE {table}"));
-        statements.push(format!("ALTER TABLE {next} RENAME TO {table}"));
-        for (new, old) in indexes {
-            if new != old {
-                statements.push(format!("ALTER INDEX \"{new}\" RENAME TO \"{old}\""));
-            }
-        }
-        sqlx::raw_sql(AssertSqlSafe(statements.join(";\n")))
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// A file that fits in one chunk goes in with one `INSERT ... SELECT FROM unnest(...)`
-/// of typed arrays rather than COPY: same validation, one round trip, and no wait on
-/// the client's Nagle delay between the last CopyData and CopyDone (sqlx does not set
-/// TCP_NODELAY; two small writes in a row cost a 40 ms delayed ACK per COPY, which
-/// dominated the monthly loads).
-async fn insert_small(
-    conn: &mut PgConnection,
-    v: &mut Validator,
-    target: &str,
-    mut reader: ObjectReader,
-) -> Result<u64, EtlError> {
-    let started = Instant::now();
-    while reader.read_into(v.buffer()).await? {}
-    let Some(df) = v.take_frame(true)? else {
-        return Ok(0);
-    };
-    let spec = v.spec();
-    let mut params = Vec::new();
-    let mut names = Vec::new();
-    let mut selects = Vec::new();
-    for (i, c) in spec.columns.iter().enumerate() {
-        let p = i + 1;
-        let ty = match c.kind {
-            Kind::Int => "int8[]",
-            Kind::Float => "float8[]",
-            Kind::Date => "int4[]",
-            Kind::Text => "text[]",
-        };
-        params.push(format!("${p}::{ty}"));
-        names.push(format!("c{p}"));
-        selects.push(match c.kind {
-            Kind::Date => format!("DATE '1970-01-01' + c{p}"),
-            _ => format!("c{p}"),
-        });
-    }
-    let sql = format!(
-        "INSERT INTO {target} ({}) SELECT {} FROM unnest({}) AS u({})",
-        spec.column_list(),
-        selects.join(", "),
-        params.join(", "),
-        names.join(", ")
-    );
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for c in &spec.columns {
-        let column = df.column(c.name)?;
-        q = match c.kind {
-            Kind::Int => {
-                let v: Vec<Option<i64>> = column.as_materialized_series().i64()?.iter().collect();
-                q.bind(v)
-            }
-            Kind::Float => {
-                let v: Vec<Option<f64>> = column.as_materialized_series().f64()?.iter().collect();
-                q.bind(v)
-            }
-            Kind::Date => {
-                let days = column.cast(&polars::prelude::DataType::Int32)?;
-                let v: Vec<Option<i32>> = days.as_materialized_series().i32()?.iter().collect();
-                q.bind(v)
-            }
-            Kind::Text => {
-                let v: Vec<Option<String>> = column
-                    .as_materialized_series()
-                    .str()?
-                    .iter()
-                    .map(|s| s.map(str::to_string))
-                    .collect();
-                q.bind(v)
-            }
-        };
-    }
-    let n = q.execute(&mut *conn).await?.rows_affected();
-    tracing::info!(
-        file = %v.location(),
-        table = target,
-        rows = n,
-        secs = format!("{:.2}", started.elapsed().as_secs_f64()),
-        "loaded"
-    );
-    Ok(n)
-}
-
-/// Maps a database error raised by COPY (a duplicate key, a value out of range) back
-/// to the file's line: the rows are sent in file order, one per line, so COPY's
-/// `line N` is file line N + 1 (the header).
-fn map_copy_error(e: sqlx::Error, v: &Validator) -> EtlError {
-    let Some(pg) = e
-        .as_database_error()
-        .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
-    else {
-        return EtlError::Db(e);
-    };
-    let line = pg
-        .r#where()
-        .and_then(|w| w.split("line ").nth(1))
-        .and_then(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-        });
-    match line {
-        Some(n) => {
-            // The column PostgreSQL names, or the file's columns among a key's
-            // ("Key (sale_month, idx)=(...) already exists": sale_month is generated).
-            let key: Vec<String> = pg
-                .column()
-                .map(|c| vec![c.to_string()])
-                .or_else(|| {
-                    pg.detail()
-                        .and_then(|d| d.strip_prefix("Key ("))
-                        .and_then(|d| d.split(')').next())
-                        .map(|k| k.split(", ").map(str::to_string).collect())
-                })
-                .unwrap_or_default();
-            let in_file: Vec<String> = key
-                .iter()
-                .filter(|k| v.spec().columns.iter().any(|c| c.name == k.as_str()))
-                .map(|k| v.column_label(k))
-                .collect();
-            let column = if in_file.is_empty() {
-                key.join(", ")
-            } else {
-                in_file.join(", ")
-            };
-            let mut message = pg.message().to_string();
-            if let Some(d) = pg.detail() {
-                message.push_str(": ");
-                message.push_str(d);
-            }
-            EtlError::Invalid {
-                location: v.location().to_string(),
-                line: n + 1,
-                column,
-                message,
-            }
-        }
-        None => EtlError::Db(e),
-    }
 }
 
 /// Keeps `results` in `checks`, then commits `tx`, or rolls it back when an error-level

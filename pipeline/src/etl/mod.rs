@@ -12,11 +12,13 @@
 //! is bounded by the loader's budget of chunks in flight, whatever the files' size;
 //! nothing is written to disk but the tables.
 
+mod ingest;
 pub mod load;
 pub mod month;
 pub mod pgcopy;
 pub mod source;
 pub mod spec;
+mod swap;
 pub mod validate;
 
 pub use month::Month;
