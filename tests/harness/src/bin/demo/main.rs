@@ -58,6 +58,7 @@ impl Steps {
 }
 
 mod counts;
+mod https;
 mod instances;
 mod procs;
 mod stop;
@@ -114,7 +115,7 @@ async fn run() -> anyhow::Result<()> {
     // by the deployer (`[https] roots`) and by curl below, nothing else.
     let pebble = harness::pebble::Pebble::start().context("starting pebble (the ACME CA)")?;
     let https_port = 8443;
-    enable_https(&config, &pebble, https_port)?;
+    https::enable(&config, &pebble, https_port)?;
     println!(
         "Pebble (the local ACME CA) at {}, its root in {}",
         pebble.directory_url(),
@@ -360,7 +361,7 @@ async fn run() -> anyhow::Result<()> {
         &format!(
             "HTTPS through the Elastic IP: {curl} (r1's certificate, issued by Pebble for {eip})"
         ),
-        || curl_https(https_at, &root),
+        || https::curl(https_at, &root),
     )?;
     steps.run("deployer deploy --release r2 over r1 (blue/green)", || {
         deploy("r2")
@@ -371,7 +372,7 @@ async fn run() -> anyhow::Result<()> {
     )?;
     steps.run(
         &format!("HTTPS through the Elastic IP again, now r2 with the stored certificate: {curl}"),
-        || curl_https(https_at, &root),
+        || https::curl(https_at, &root),
     )?;
     steps.run("deployer status", || {
         run_cli(&deployer, &["status"], &deploy_env)
@@ -531,80 +532,4 @@ async fn run() -> anyhow::Result<()> {
         "idempotence: OK (rows equal, model versions +1, releases +1, running and serving instances equal)"
     );
     Ok(())
-}
-
-/// `tls = "acme"` in the demo's copy of deploy.example.toml, against `pebble`: the
-/// challenge port is Pebble's `httpPort` (binding port 80 would need root).
-fn enable_https(
-    config: &std::path::Path,
-    pebble: &harness::pebble::Pebble,
-    https_port: u16,
-) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config)?;
-    if text.matches("\n[https]\n").count() != 1 {
-        bail!("deploy.example.toml has no single [https] section");
-    }
-    // Values as TOML basic strings (the paths are temp dirs: no quotes or backslashes).
-    let settings = format!(
-        "[https]\nport = {https_port}\nchallenge_port = {}\nacme_directory = {:?}\n\
-         roots = {:?}\nacme_directory_root = {:?}\ncheck_interval_seconds = 1\n",
-        pebble.http_port(),
-        pebble.directory_url(),
-        pebble.issuer_root_path().display().to_string(),
-        pebble.api_root_path().display().to_string(),
-    );
-    // `tls` first: a top-level key must come before every section.
-    let text = format!(
-        "tls = \"acme\"\n{}",
-        text.replacen("\n[https]\n", &format!("\n{settings}"), 1)
-    );
-    std::fs::write(config, text).with_context(|| format!("writing {}", config.display()))
-}
-
-/// `curl --cacert <root> https://<addr>/predict` with the example request: curl sends
-/// no SNI for an IP address and checks the certificate's IP SAN against it. Prints the
-/// answer and what curl verified.
-fn curl_https(addr: SocketAddr, root: &std::path::Path) -> anyhow::Result<()> {
-    let url = format!("https://{addr}/predict");
-    let start = Instant::now();
-    loop {
-        let out = std::process::Command::new("curl")
-            .args([
-                "--silent",
-                "--show-error",
-                "--fail",
-                "--verbose",
-                "--cacert",
-            ])
-            .arg(root)
-            .args([
-                "-H",
-                "content-type: application/json",
-                "--data",
-                EXAMPLE,
-                &url,
-            ])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .context("running curl")?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            for l in err.lines().filter(|l| {
-                l.contains("subjectAltName")
-                    || l.contains("issuer:")
-                    || l.contains("expire date")
-                    || l.contains("SSL certificate verify")
-                    || l.contains("SSL connection using")
-            }) {
-                println!("  {}", l.trim_start_matches("* ").trim());
-            }
-            println!("{}", String::from_utf8_lossy(&out.stdout).trim());
-            return Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let last = err.lines().rfind(|l| !l.starts_with(['>', '<', '{', '}']));
-            bail!("curl {url} ({}): {}", out.status, last.unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
