@@ -69,6 +69,22 @@ def install(config):
         return ec2_backends[backend.account_id][backend.region_name]
 
     # ---- subnet mappings with Elastic IPs ---------------------------------------------
+    def checked_allocation(ec2, alloc):
+        """The Elastic IP `alloc`, refused as AWS does when unknown or associated."""
+        try:
+            eip = ec2.address_by_allocation([alloc])[0]
+        except ec2_exc.EC2ClientError:
+            raise elb_exc.ELBClientError(
+                "InvalidAllocationID.NotFound",
+                f"The allocation ID '{alloc}' does not exist",
+            )
+        if eip.association_id or eip.instance is not None or eip.eni is not None:
+            raise elb_exc.ELBClientError(
+                "InvalidConfigurationRequest",
+                f"The allocation ID '{alloc}' is already associated",
+            )
+        return eip
+
     orig_create = LB.create_load_balancer
 
     def create_load_balancer(self, name, security_groups, subnet_ids, subnet_mappings=None, *a, **kw):
@@ -78,18 +94,7 @@ def install(config):
             alloc = m.get("AllocationId")
             if not alloc:
                 continue
-            try:
-                eip = ec2.address_by_allocation([alloc])[0]
-            except ec2_exc.EC2ClientError:
-                raise elb_exc.ELBClientError(
-                    "InvalidAllocationID.NotFound",
-                    f"The allocation ID '{alloc}' does not exist",
-                )
-            if eip.association_id or eip.instance is not None or eip.eni is not None:
-                raise elb_exc.ELBClientError(
-                    "InvalidConfigurationRequest",
-                    f"The allocation ID '{alloc}' is already associated",
-                )
+            checked_allocation(ec2, alloc)
             wanted.append((m["SubnetId"], alloc))
         lb = orig_create(self, name, security_groups, subnet_ids, subnet_mappings, *a, **kw)
         lb_id = lb.arn.rsplit("/", 1)[-1]
@@ -108,22 +113,6 @@ def install(config):
         return lb
 
     LB.create_load_balancer = create_load_balancer
-
-    def checked_allocation(ec2, alloc):
-        """The Elastic IP `alloc`, refused as AWS does when unknown or associated."""
-        try:
-            eip = ec2.address_by_allocation([alloc])[0]
-        except ec2_exc.EC2ClientError:
-            raise elb_exc.ELBClientError(
-                "InvalidAllocationID.NotFound",
-                f"The allocation ID '{alloc}' does not exist",
-            )
-        if eip.association_id or eip.instance is not None or eip.eni is not None:
-            raise elb_exc.ELBClientError(
-                "InvalidConfigurationRequest",
-                f"The allocation ID '{alloc}' is already associated",
-            )
-        return eip
 
     orig_set_subnets = LB.set_subnets
 
