@@ -9,13 +9,14 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::EtlError;
+use super::duplicate::key_detail;
 use super::load::Loader;
 use super::pgcopy;
 use super::source::ObjectReader;
 use super::spec::{FileSpec, Kind};
 use super::validate::Validator;
 use crate::progress::Progress;
-use crate::quality::CheckResult;
+use crate::quality::{CheckResult, FileFacts};
 
 /// COPY data goes to the connection in messages of at most this size.
 const SEND_PIECE_BYTES: usize = 256 << 10;
@@ -24,8 +25,25 @@ const SEND_PIECE_BYTES: usize = 256 << 10;
 /// [`insert_small`]); above it COPY's streaming ingest is the faster path.
 const SMALL_FILE_BYTES: usize = 1 << 20;
 
+/// How a file goes into its table.
+#[derive(Debug, Default)]
+pub(super) struct Ingest {
+    /// `COPY ... FREEZE` (the table was created in this transaction).
+    pub freeze: bool,
+    /// Gather these facts of the rows as they stream (see [`FileFacts`]).
+    pub facts: Option<FileFacts>,
+}
+
+/// What [`Loader::copy_file`] wrote.
+#[derive(Debug)]
+pub(super) struct Copied {
+    pub rows: u64,
+    /// The facts gathered, when [`Ingest::facts`] asked for them.
+    pub facts: Option<FileFacts>,
+}
+
 impl Loader {
-    /// Streams one file through the validator into `COPY target`. Returns rows copied.
+    /// Streams one file through the validator into `COPY target`.
     pub(super) async fn copy_file(
         &self,
         conn: &mut PgConnection,
@@ -33,29 +51,34 @@ impl Loader {
         target: &str,
         mut reader: ObjectReader,
         checks: &mut Vec<CheckResult>,
-        freeze: bool,
-    ) -> Result<u64, EtlError> {
+        how: Ingest,
+    ) -> Result<Copied, EtlError> {
         let started = Instant::now();
         let location = reader.location().to_string();
+        let mut v = Validator::new(spec, location.clone());
+        if let Some(f) = how.facts {
+            v.gather(f);
+        }
         // A frozen load needs COPY (an INSERT cannot write frozen rows).
-        if !freeze
+        if !how.freeze
             && reader
                 .size()
                 .is_some_and(|s| s <= SMALL_FILE_BYTES.min(self.chunk_bytes) as u64)
         {
-            let mut v = Validator::new(spec, location);
             let n = insert_small(conn, &mut v, target, reader).await;
             checks.extend(v.results());
-            return n;
+            return n.map(|rows| Copied {
+                rows,
+                facts: v.take_facts(),
+            });
         }
-        let progress = Progress::new(self.progress, &spec.file, reader.size());
-        let types = pgcopy::column_types(conn, target, &spec).await?;
+        let progress = Progress::new(self.progress, &v.spec().file, reader.size());
+        let types = pgcopy::column_types(conn, target, v.spec()).await?;
         let statement = format!(
             "COPY {target} ({}) FROM STDIN WITH (FORMAT binary{})",
-            spec.column_list(),
-            if freeze { ", FREEZE" } else { "" }
+            v.spec().column_list(),
+            if how.freeze { ", FREEZE" } else { "" }
         );
-        let v = Validator::new(spec, location.clone());
         let mut copy = conn.copy_in_raw(&statement).await?;
 
         // Read and validate on a task of its own while this one feeds COPY, so polars'
@@ -113,7 +136,7 @@ impl Loader {
             }
         }
         drop(rx);
-        let (v, produced) = producer
+        let (mut v, produced) = producer
             .await
             .map_err(|e| EtlError::Config(format!("the validating task failed: {e}")))?;
         // A bad line is the cause when there is one; else whatever COPY said.
@@ -130,7 +153,10 @@ impl Loader {
                     secs = format!("{:.2}", started.elapsed().as_secs_f64()),
                     "loaded"
                 );
-                Ok(n)
+                Ok(Copied {
+                    rows: n,
+                    facts: v.take_facts(),
+                })
             }
             Err(e) => {
                 let e = match e {
@@ -252,12 +278,7 @@ fn map_copy_error(e: sqlx::Error, v: &Validator) -> EtlError {
             let key: Vec<String> = pg
                 .column()
                 .map(|c| vec![c.to_string()])
-                .or_else(|| {
-                    pg.detail()
-                        .and_then(|d| d.strip_prefix("Key ("))
-                        .and_then(|d| d.split(')').next())
-                        .map(|k| k.split(", ").map(str::to_string).collect())
-                })
+                .or_else(|| pg.detail().and_then(key_detail).map(|(names, _)| names))
                 .unwrap_or_default();
             let in_file: Vec<String> = key
                 .iter()

@@ -24,11 +24,18 @@ use std::sync::Arc;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use tokio::sync::Semaphore;
 
+use super::ingest::{Copied, Ingest};
 use super::source::ObjectReader;
 use super::spec::{self, FileSpec};
-use super::swap::{CUSTOMER_TABLES, can_swap, staging_name, swap_in};
+use super::swap::{CUSTOMER_TABLES, can_swap, index_like, staging_name, swap_in};
 use super::{EtlError, Month, Source};
-use crate::quality::{self, CheckResult, CustomerTables};
+use crate::quality::{self, CheckResult, CustomerTables, FileFacts};
+
+/// The facts each customer file gathers as it streams, in file order (activity,
+/// profiles, labels): they answer the history and relationship checks.
+fn customer_facts() -> [FileFacts; 3] {
+    [FileFacts::history(), FileFacts::ids(), FileFacts::ids()]
+}
 
 /// What a load did, and its data-quality results (kept when it failed too).
 #[derive(Debug)]
@@ -126,10 +133,11 @@ impl Loader {
             .execute(&mut *tx)
             .await?;
         if !can_swap(&mut tx).await? {
-            let report = self
+            let (report, facts) = self
                 .load_customers_in_place(&mut tx, specs, readers, checks)
                 .await?;
-            let results = customer_table_checks(&mut tx, &report, CustomerTables::LIVE).await?;
+            let results =
+                customer_table_checks(&mut tx, &report, CustomerTables::LIVE, facts).await?;
             commit_unless_blocked(tx, results, checks).await?;
             return Ok(report);
         }
@@ -148,20 +156,26 @@ impl Loader {
         specs: [FileSpec; 3],
         readers: Vec<ObjectReader>,
         checks: &mut Vec<CheckResult>,
-    ) -> Result<LoadReport, EtlError> {
+    ) -> Result<(LoadReport, Option<[FileFacts; 3]>), EtlError> {
         let mut report = LoadReport::default();
-        for (s, reader) in specs.into_iter().zip(readers) {
+        let mut gathered = Vec::new();
+        for ((s, reader), facts) in specs.into_iter().zip(readers).zip(customer_facts()) {
             let table = s.table;
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}")))
                 .execute(&mut *tx)
                 .await?;
-            let n = self
-                .copy_file(&mut *tx, s, table, reader, checks, false)
+            let how = Ingest {
+                freeze: false,
+                facts: Some(facts),
+            };
+            let copied = self
+                .copy_file(&mut *tx, s, table, reader, checks, how)
                 .await?;
-            report.tables.push((table.to_string(), n));
-            report.rows_loaded += n;
+            report.tables.push((table.to_string(), copied.rows));
+            report.rows_loaded += copied.rows;
+            gathered.extend(copied.facts);
         }
-        Ok(report)
+        Ok((report, gathered.try_into().ok()))
     }
 
     /// The three files at once, each on its own connection into a new table
@@ -181,15 +195,22 @@ impl Loader {
             readers.next().expect("three readers"),
             readers.next().expect("three readers"),
         );
-        let (sa, sp, sl) = tokio::join!(self.stage(a, ra), self.stage(p, rp), self.stage(l, rl));
+        let [fa, fp, fl] = customer_facts();
+        let (sa, sp, sl) = tokio::join!(
+            self.stage(a, ra, fa),
+            self.stage(p, rp, fp),
+            self.stage(l, rl, fl)
+        );
         let mut report = LoadReport::default();
         let mut failed = None;
+        let mut gathered = Vec::new();
         for staged in [sa, sp, sl] {
             match staged {
-                Ok((table, n, results)) => {
+                Ok((table, copied, results)) => {
                     checks.extend(results);
-                    report.tables.push((table.to_string(), n));
-                    report.rows_loaded += n;
+                    report.tables.push((table.to_string(), copied.rows));
+                    report.rows_loaded += copied.rows;
+                    gathered.extend(copied.facts);
                 }
                 // The first file's error (in file order) is the one reported.
                 Err((e, results)) => {
@@ -209,7 +230,8 @@ impl Loader {
             profiles: &names[1],
             labels: &names[2],
         };
-        let results = customer_table_checks(&mut tx, &report, staged).await?;
+        let facts = gathered.try_into().ok();
+        let results = customer_table_checks(&mut tx, &report, staged, facts).await?;
         if quality::blocking_summary(&results).is_none() {
             swap_in(&mut tx).await?;
         }
@@ -217,38 +239,48 @@ impl Loader {
         Ok(report)
     }
 
-    /// Loads one file into a new table `<table>_loading` (the table's columns,
-    /// defaults, constraints and indexes) on a connection of its own, in one
-    /// transaction that creates, fills and commits it. The rows are written frozen
-    /// (`COPY ... FREEZE`, allowed because the table is created in the same
-    /// transaction): once swapped in they are visible to every snapshot, so even a
-    /// repeatable-read reader that took its snapshot before the load sees the new rows
-    /// rather than an empty table.
+    /// Loads one file into a new table `<table>_loading` on a connection of its own,
+    /// in one transaction that creates, fills and commits it: the table's columns,
+    /// defaults and constraints, then the rows, then its indexes (built once over the
+    /// loaded rows, which is cheaper than keeping them up to date row by row; a
+    /// duplicate key then shows when the unique index is built, and is traced back to
+    /// its lines). The rows are written frozen (`COPY ... FREEZE`, allowed because the
+    /// table is created in the same transaction): once swapped in they are visible to
+    /// every snapshot, so even a repeatable-read reader that took its snapshot before
+    /// the load sees the new rows rather than an empty table.
     async fn stage(
         &self,
         spec: FileSpec,
         reader: ObjectReader,
-    ) -> Result<(&'static str, u64, Vec<CheckResult>), (EtlError, Vec<CheckResult>)> {
+        facts: FileFacts,
+    ) -> Result<(&'static str, Copied, Vec<CheckResult>), (EtlError, Vec<CheckResult>)> {
         let table = spec.table;
         let mut results = Vec::new();
-        let r: Result<u64, EtlError> = async {
+        let r: Result<Copied, EtlError> = async {
             let next = staging_name(table);
             let mut tx = self.pool.begin().await?;
             sqlx::raw_sql(AssertSqlSafe(format!(
                 "DROP TABLE IF EXISTS {next}; \
-                 CREATE TABLE {next} (LIKE {table} INCLUDING ALL)"
+                 CREATE TABLE {next} (LIKE {table} INCLUDING ALL EXCLUDING INDEXES)"
             )))
             .execute(&mut *tx)
             .await?;
-            let n = self
-                .copy_file(&mut tx, spec, &next, reader, &mut results, true)
+            let how = Ingest {
+                freeze: true,
+                facts: Some(facts),
+            };
+            let copied = self
+                .copy_file(&mut tx, spec.clone(), &next, reader, &mut results, how)
                 .await?;
+            if let Err(e) = index_like(&mut tx, table, &next).await {
+                return Err(self.duplicate_or(e, spec).await);
+            }
             tx.commit().await?;
-            Ok(n)
+            Ok(copied)
         }
         .await;
         match r {
-            Ok(n) => Ok((table, n, results)),
+            Ok(copied) => Ok((table, copied, results)),
             Err(e) => Err((e, results)),
         }
     }
@@ -295,7 +327,8 @@ impl Loader {
         )
         .execute(&mut *tx)
         .await?;
-        self.copy_file(&mut tx, stores, "stores_in", stores_reader, checks, false)
+        let how = Ingest::default();
+        self.copy_file(&mut tx, stores, "stores_in", stores_reader, checks, how)
             .await?;
         let upserted = sqlx::query(
             // Only new or changed stores: an unchanged row is not touched, so months
@@ -317,9 +350,11 @@ impl Loader {
             .bind(first)
             .execute(&mut *tx)
             .await?;
+        let how = Ingest::default();
         let n = self
-            .copy_file(&mut tx, sales, "sales", sales_reader, checks, false)
-            .await?;
+            .copy_file(&mut tx, sales, "sales", sales_reader, checks, how)
+            .await?
+            .rows;
         report.tables.push(("sales".to_string(), n));
         report.rows_loaded = n;
 
@@ -352,18 +387,27 @@ impl Loader {
 }
 
 /// The table checks of a customer load: row counts from the load itself, the history
-/// and relationship checks as one query over `tables`, then whatever else is left.
+/// and relationship checks from the facts the files gathered as they streamed (or, when
+/// the activity file was not sorted, as one query over `tables`), then whatever else is
+/// left.
 async fn customer_table_checks(
     conn: &mut PgConnection,
     report: &LoadReport,
     tables: CustomerTables<'_>,
+    facts: Option<[FileFacts; 3]>,
 ) -> Result<Vec<CheckResult>, EtlError> {
     let mut to_run = quality::for_load(quality::customer_checks());
     let mut results = Vec::new();
     for (table, rows) in &report.tables {
         results.extend(quality::row_count_from_load(&mut to_run, table, *rows));
     }
-    results.extend(quality::run_history_checks(&mut *conn, &mut to_run, tables).await?);
+    let streamed = facts.and_then(|[activity, profiles, labels]| {
+        quality::history_from_facts(&mut to_run, activity, &profiles, &labels)
+    });
+    match streamed {
+        Some(r) => results.extend(r),
+        None => results.extend(quality::run_history_checks(&mut *conn, &mut to_run, tables).await?),
+    }
     results.extend(quality::run_checks(&mut *conn, &to_run).await?);
     Ok(results)
 }

@@ -12,6 +12,7 @@
 //! is bounded by the loader's budget of chunks in flight, whatever the files' size;
 //! nothing is written to disk but the tables.
 
+mod duplicate;
 mod ingest;
 pub mod load;
 pub mod month;

@@ -35,6 +35,39 @@ pub(super) async fn can_swap(conn: &mut PgConnection) -> Result<bool, EtlError> 
     Ok(ok == Some(true))
 }
 
+/// Builds on the staging table `next` the indexes and the primary key, unique and
+/// exclusion constraints of `table` (which `CREATE TABLE ... (LIKE ... EXCLUDING
+/// INDEXES)` left out so that the rows go in without index upkeep). [`swap_in`] then
+/// gives them the old indexes' names.
+pub(super) async fn index_like(
+    conn: &mut PgConnection,
+    table: &str,
+    next: &str,
+) -> Result<(), sqlx::Error> {
+    let statements: Vec<String> = sqlx::query_scalar(
+        "SELECT format('ALTER TABLE %I ADD %s', $2::text, pg_get_constraintdef(c.oid)) \
+         FROM pg_constraint c \
+         WHERE c.conrelid = $1::regclass AND c.contype IN ('p', 'u', 'x') \
+         UNION ALL \
+         SELECT format('CREATE %sINDEX ON %I USING %s', \
+                       CASE WHEN x.indisunique THEN 'UNIQUE ' ELSE '' END, $2::text, \
+                       regexp_replace(pg_get_indexdef(x.indexrelid), '^.* USING ', '')) \
+         FROM pg_index x \
+         WHERE x.indrelid = $1::regclass AND NOT EXISTS (SELECT 1 FROM pg_constraint c \
+           WHERE c.conrelid = $1::regclass AND c.conindid = x.indexrelid)",
+    )
+    .bind(table)
+    .bind(next)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !statements.is_empty() {
+        sqlx::raw_sql(AssertSqlSafe(statements.join(";\n")))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Locks the three tables for the swap. A reader holding one of them is waited for;
 /// but a reader that goes on to another table the swap already holds would deadlock
 /// with it, so each attempt gives up after a short `lock_timeout` (well before

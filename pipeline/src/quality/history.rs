@@ -37,14 +37,14 @@ impl CustomerTables<'static> {
     };
 }
 
-/// Takes the checks the combined query answers out of `checks` and runs them as one
-/// query over `tables`. Fewer than two of them asked for: leaves `checks` as it was
-/// (one alone is cheaper as its own query) and runs nothing.
-pub async fn run_history_checks(
-    conn: &mut PgConnection,
-    checks: &mut Vec<SqlCheck>,
-    tables: CustomerTables<'_>,
-) -> Result<Vec<CheckResult>, sqlx::Error> {
+/// A failing count and a sample (a JSON array of rows) for one check.
+pub(super) type Answer = (i64, serde_json::Value);
+
+/// The checks of [`COMBINED`] taken out of a list, in its order (`None`: not asked for).
+pub(super) struct Taken(Vec<Option<SqlCheck>>);
+
+/// Takes the checks the combined query answers out of `checks`.
+pub(super) fn take_combined(checks: &mut Vec<SqlCheck>) -> Taken {
     let mut taken: Vec<Option<SqlCheck>> = vec![None; COMBINED.len()];
     checks.retain(|c| {
         match COMBINED
@@ -58,9 +58,43 @@ pub async fn run_history_checks(
             None => true,
         }
     });
-    if taken.iter().flatten().count() < 2 {
+    Taken(taken)
+}
+
+impl Taken {
+    /// The results of the checks taken, from the answers in [`COMBINED`]'s order.
+    pub(super) fn answer(self, answers: [Answer; COMBINED.len()]) -> Vec<CheckResult> {
+        self.0
+            .into_iter()
+            .zip(answers)
+            .filter_map(|(c, (failing, sample))| {
+                let c = c?;
+                Some(CheckResult {
+                    table: c.table.to_string(),
+                    check: c.name,
+                    severity: c.severity,
+                    passed: failing == 0,
+                    failing_rows: failing,
+                    sample,
+                    detail: c.detail.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Takes the checks the combined query answers out of `checks` and runs them as one
+/// query over `tables`. Fewer than two of them asked for: leaves `checks` as it was
+/// (one alone is cheaper as its own query) and runs nothing.
+pub async fn run_history_checks(
+    conn: &mut PgConnection,
+    checks: &mut Vec<SqlCheck>,
+    tables: CustomerTables<'_>,
+) -> Result<Vec<CheckResult>, sqlx::Error> {
+    let taken = take_combined(checks);
+    if taken.0.iter().flatten().count() < 2 {
         // One of them alone is cheaper as its own query.
-        checks.extend(taken.into_iter().flatten());
+        checks.extend(taken.0.into_iter().flatten());
         return Ok(Vec::new());
     }
     super::raise_work_mem(conn).await?;
@@ -72,29 +106,14 @@ pub async fn run_history_checks(
         ms = started.elapsed().as_millis() as u64,
         "history checks ran (one query)"
     );
-    let answers = [
-        (row.0, row.1),
-        (row.2, row.3),
-        (row.4, row.5),
-        (row.6, row.7),
-        (row.8, row.9),
-    ];
-    Ok(taken
-        .into_iter()
-        .zip(answers)
-        .filter_map(|(c, (failing, sample))| {
-            let c = c?;
-            Some(CheckResult {
-                table: c.table.to_string(),
-                check: c.name,
-                severity: c.severity,
-                passed: failing == 0,
-                failing_rows: failing,
-                sample: serde_json::from_str(&sample).unwrap_or(serde_json::Value::Null),
-                detail: c.detail.to_string(),
-            })
-        })
-        .collect())
+    let json = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
+    Ok(taken.answer([
+        (row.0, json(&row.1)),
+        (row.2, json(&row.3)),
+        (row.4, json(&row.5)),
+        (row.6, json(&row.7)),
+        (row.8, json(&row.9)),
+    ]))
 }
 
 type HistoryRow = (

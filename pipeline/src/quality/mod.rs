@@ -20,10 +20,12 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 mod checks;
+mod facts;
 mod history;
 
 use checks::ROW_COUNT;
 pub use checks::{all_checks, customer_checks, feature_checks, sales_checks, store_checks};
+pub use facts::{FileFacts, history_from_facts};
 pub use history::{CustomerTables, run_history_checks};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

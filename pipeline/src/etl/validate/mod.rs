@@ -24,7 +24,7 @@ use serde_json::json;
 
 use super::EtlError;
 use super::spec::{FileSpec, Kind, Rule};
-use crate::quality::{CheckResult, Severity};
+use crate::quality::{CheckResult, FileFacts, Severity};
 
 mod frame;
 
@@ -65,6 +65,8 @@ pub struct Validator {
     stats: Vec<RuleStat>,
     rows: u64,
     seen_bytes: u64,
+    /// What the history and relationship checks need of this file's rows, when asked.
+    facts: Option<FileFacts>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -131,7 +133,18 @@ impl Validator {
             stats,
             rows: 0,
             seen_bytes: 0,
+            facts: None,
         }
+    }
+
+    /// Hands every validated chunk to `facts` as well (see [`FileFacts`]).
+    pub fn gather(&mut self, facts: FileFacts) {
+        self.facts = Some(facts);
+    }
+
+    /// The facts gathered, if [`Validator::gather`] asked for them.
+    pub fn take_facts(&mut self) -> Option<FileFacts> {
+        self.facts.take()
     }
 
     pub fn spec(&self) -> &FileSpec {
@@ -211,6 +224,9 @@ impl Validator {
             return Ok(None);
         }
         let out = self.parse(&clean, first_line)?;
+        if let Some(f) = self.facts.as_mut() {
+            f.observe(&out)?;
+        }
         self.rows += lines;
         Ok(Some(out))
     }
