@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use tls::verify::{client_config, roots_from_pem, verify_endpoint};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -32,12 +32,7 @@ fn roots() -> rustls::RootCertStore {
 }
 
 async fn bucket() -> (aws_sdk_s3::Client, String) {
-    let sdk = harness::moto().sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = harness::moto().s3_client().await;
     let b = harness::unique("https");
     s3.create_bucket().bucket(&b).send().await.unwrap();
     (s3, b)
@@ -119,45 +114,34 @@ async fn predict(c: &mut BufReader<TlsStream<TcpStream>>) -> std::io::Result<u16
         ORIGINAL.len()
     );
     c.get_mut().write_all(req.as_bytes()).await?;
-    let mut line = String::new();
-    c.read_line(&mut line).await?;
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        c.read_line(&mut h).await?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; len];
-    c.read_exact(&mut body).await?;
-    Ok(status)
+    harness::http::read_response(c).await
 }
 
-fn model_dir() -> (tempfile::TempDir, String) {
+/// What each test starts from: a runtime, a loopback address of its own (the server's
+/// "public IP"), a bucket for the certificate store (client, name), and a model (its
+/// folder, its path).
+type Env = (
+    tokio::runtime::Runtime,
+    IpAddr,
+    aws_sdk_s3::Client,
+    String,
+    tempfile::TempDir,
+    String,
+);
+
+fn env() -> Env {
+    let rt = rt();
+    let ip = IpAddr::V4(harness::pebble::unique_loopback_ip());
+    let (s3, bucket) = rt.block_on(bucket());
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), 0.1, 1);
-    let p = dir.path().display().to_string();
-    (dir, p)
+    let model = dir.path().display().to_string();
+    (rt, ip, s3, bucket, dir, model)
 }
 
 #[test]
 fn renewals_under_load_swap_the_certificate_without_a_failed_request() {
-    let rt = rt();
-    let ip = IpAddr::V4(harness::pebble::unique_loopback_ip());
-    let (_s3, bucket) = rt.block_on(bucket());
-    let (_dir, model) = model_dir();
+    let (rt, ip, _s3, bucket, _dir, model) = env();
     let https = harness::free_port();
     let addr = SocketAddr::new(ip, https);
     let pebble_http = harness::pebble::pebble().http_port();
@@ -268,10 +252,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn a_second_process_serves_the_stored_certificate_from_its_first_handshake() {
-    let rt = rt();
-    let ip = IpAddr::V4(harness::pebble::unique_loopback_ip());
-    let (s3, bucket) = rt.block_on(bucket());
-    let (_dir, model) = model_dir();
+    let (rt, ip, s3, bucket, _dir, model) = env();
     let pebble_http = harness::pebble::pebble().http_port();
     let first_port = harness::free_port();
     let mut first = start(
@@ -321,10 +302,7 @@ fn a_second_process_serves_the_stored_certificate_from_its_first_handshake() {
 
 #[test]
 fn the_gate_refuses_a_colour_without_a_certificate_or_one_about_to_expire() {
-    let rt = rt();
-    let ip = IpAddr::V4(harness::pebble::unique_loopback_ip());
-    let (s3, bucket) = rt.block_on(bucket());
-    let (_dir, model) = model_dir();
+    let (rt, ip, s3, bucket, _dir, model) = env();
     let t = Duration::from_secs(5);
     let day = Duration::from_secs(86_400);
 

@@ -628,19 +628,9 @@ fn user_data(release: &str) -> String {
 /// GET `path` on `ip:port`; (status, body).
 fn get(ip: Ipv4Addr, port: u16, path: &str) -> Option<(u16, String)> {
     assert!(ip.is_loopback(), "only loopback is ever a target, not {ip}");
-    let mut s =
-        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
+    let r =
+        harness::http::get_at(SocketAddr::from((ip, port)), path, Duration::from_secs(7)).ok()?;
+    Some((r.status, r.body))
 }
 
 /// [`wait_ready`] off the async runtime, with a minute to get there.

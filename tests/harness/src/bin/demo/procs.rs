@@ -1,8 +1,7 @@
 //! Running the product's binaries as children of the demo (registered with [`crate::stop`]
 //! so Ctrl-C ends them), and talking to a server through a loopback address.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -54,20 +53,22 @@ pub fn spawn_wait(
 
 /// Runs a product binary with its output shown, failing on a non-zero exit.
 pub fn run_cli(bin: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
-    let (status, _) = spawn_wait(bin, args, env, false)?;
-    if !status.success() {
-        bail!(
-            "`{} {}` exited with {status}",
-            bin_name(bin),
-            args.join(" ")
-        );
-    }
-    Ok(())
+    run_checked(bin, args, env, false).map(drop)
 }
 
 /// Runs a product binary and returns its standard output, failing on a non-zero exit.
 pub fn run_cli_output(bin: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<String> {
-    let (status, out) = spawn_wait(bin, args, env, true)?;
+    run_checked(bin, args, env, true)
+}
+
+/// [`spawn_wait`], a non-zero exit an error; the output when captured.
+fn run_checked(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    capture: bool,
+) -> anyhow::Result<String> {
+    let (status, out) = spawn_wait(bin, args, env, capture)?;
     if !status.success() {
         bail!(
             "`{} {}` exited with {status}",
@@ -100,7 +101,7 @@ pub fn files_under(dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
-/// One HTTP/1.1 exchange (`Connection: close`) with a loopback address, such as the
+/// One HTTP/1.1 exchange (`harness::http`) with a loopback address, such as the
 /// Elastic IP's stand-in: (status, body). A non-empty body is sent as JSON.
 pub fn http_at(
     addr: SocketAddr,
@@ -119,67 +120,8 @@ pub fn http_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    if !addr.ip().is_loopback() {
-        bail!("refusing to connect to {addr}: not a loopback address");
-    }
-    let timeout = Duration::from_secs(5);
-    let mut s = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("{method} http://{addr}{path}: connecting"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    if !body.is_empty() {
-        extra.push_str("Content-Type: application/json\r\n");
-    }
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes())
-        .with_context(|| format!("{method} http://{addr}{path}: sending"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("{method} http://{addr}{path}: reading the answer"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
-        bail!(
-            "{method} http://{addr}{path}: no complete answer ({} bytes)",
-            raw.len()
-        );
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("{method} http://{addr}{path}: no status line in {head:?}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok((status, body))
-}
-
-/// A chunked body's data.
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
+    let r = harness::http::request_at(addr, method, path, headers, body, Duration::from_secs(10))?;
+    Ok((r.status, r.body))
 }
 
 /// The example request, answered through `addr`.
