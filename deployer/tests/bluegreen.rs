@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Setup, path_str, setup};
+use common::{Setup, path_str, publish_args, setup};
 use deployer::state::Color;
 
 /// The `server` binary, built by cargo next to this test (`harness::workspace_bin`).
@@ -62,15 +62,7 @@ async fn env(releases: &[&str]) -> Env {
         s2.ok(&["init"]);
         s2.ok(&["apply", "--auto-approve"]);
         for r in &rels {
-            s2.ok(&[
-                "publish",
-                "--release",
-                r,
-                "--server-binary",
-                path_str(&server),
-                "--model-version",
-                &mv,
-            ]);
+            s2.ok(&publish_args(r, &server, &mv));
         }
     })
     .await

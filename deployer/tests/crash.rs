@@ -19,17 +19,7 @@ fn cloud() -> &'static harness::Moto {
 async fn crash_and_converge(points: &[&str]) {
     let s = &setup(cloud());
     s.ok(&["init"]);
-    for point in points {
-        let run = s.start_until(
-            &["apply", "--auto-approve", "--lock-timeout", "30s"],
-            &[("DEPLOYER_FAULT", point)],
-            "fault point",
-        );
-        assert!(run.log.contains(point), "{}", run.log);
-        run.kill9();
-    }
-    let r = s.run(&["apply", "--auto-approve", "--lock-timeout", "30s"]);
-    assert_eq!(r.code, 0, "after kills at {points:?}:\n{}", r.all());
+    s.kill_applies_then_apply(points);
     assert_state_matches_emulator(s).await;
     let plan = s.run(&["plan", "--detailed-exitcode", "--lock-timeout", "30s"]);
     assert_eq!(plan.code, 0, "converged after {points:?}:\n{}", plan.all());
@@ -124,11 +114,7 @@ async fn assert_nothing_tagged_for_app(s: &Setup) {
             .expect("endpoints")
             .vpc_endpoints()
             .iter()
-            .all(|v| v
-                .state()
-                .map(|s| s.as_str().to_ascii_lowercase())
-                .as_deref()
-                == Some("deleted"))
+            .all(deleted)
     );
     let left = ec2_ids(&c, Kind::Eip, vec![f("tag:app", app)]).await;
     assert_eq!(left, Some(vec![]), "Elastic IPs tagged for the app");
@@ -155,6 +141,16 @@ async fn assert_nothing_tagged_for_app(s: &Setup) {
 /// Whether the EC2 resource `id` still exists (instances: not terminated).
 async fn exists(c: &deployer::aws::Clients, id: &str) -> bool {
     let e = &c.ec2;
+    // `$describe` of `id` (by `$ids`) lists it in `$list`.
+    macro_rules! listed {
+        ($describe:ident, $ids:ident, $list:ident) => {
+            e.$describe()
+                .$ids(id)
+                .send()
+                .await
+                .is_ok_and(|o| !o.$list().is_empty())
+        };
+    }
     let prefix = id.split('-').next().unwrap_or("");
     match prefix {
         "i" => e
@@ -170,63 +166,33 @@ async fn exists(c: &deployer::aws::Clients, id: &str) -> bool {
                         i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated")
                     })
             }),
-        "vpc" => e
-            .describe_vpcs()
-            .vpc_ids(id)
-            .send()
-            .await
-            .is_ok_and(|o| !o.vpcs().is_empty()),
-        "subnet" => e
-            .describe_subnets()
-            .subnet_ids(id)
-            .send()
-            .await
-            .is_ok_and(|o| !o.subnets().is_empty()),
-        "igw" => e
-            .describe_internet_gateways()
-            .internet_gateway_ids(id)
-            .send()
-            .await
-            .is_ok_and(|o| !o.internet_gateways().is_empty()),
-        "rtb" => e
-            .describe_route_tables()
-            .route_table_ids(id)
-            .send()
-            .await
-            .is_ok_and(|o| !o.route_tables().is_empty()),
-        "sg" => e
-            .describe_security_groups()
-            .group_ids(id)
-            .send()
-            .await
-            .is_ok_and(|o| !o.security_groups().is_empty()),
+        "vpc" => listed!(describe_vpcs, vpc_ids, vpcs),
+        "subnet" => listed!(describe_subnets, subnet_ids, subnets),
+        "igw" => listed!(
+            describe_internet_gateways,
+            internet_gateway_ids,
+            internet_gateways
+        ),
+        "rtb" => listed!(describe_route_tables, route_table_ids, route_tables),
+        "sg" => listed!(describe_security_groups, group_ids, security_groups),
         "vpce" => e
             .describe_vpc_endpoints()
             .vpc_endpoint_ids(id)
             .send()
             .await
-            .is_ok_and(|o| {
-                o.vpc_endpoints().iter().any(|v| {
-                    v.state()
-                        .map(|s| s.as_str().to_ascii_lowercase())
-                        .as_deref()
-                        != Some("deleted")
-                })
-            }),
-        "eipalloc" => e
-            .describe_addresses()
-            .allocation_ids(id)
-            .send()
-            .await
-            .is_ok_and(|o| !o.addresses().is_empty()),
-        "vol" => e
-            .describe_volumes()
-            .volume_ids(id)
-            .send()
-            .await
-            .is_ok_and(|o| !o.volumes().is_empty()),
+            .is_ok_and(|o| o.vpc_endpoints().iter().any(|v| !deleted(v))),
+        "eipalloc" => listed!(describe_addresses, allocation_ids, addresses),
+        "vol" => listed!(describe_volumes, volume_ids, volumes),
         _ => true,
     }
+}
+
+/// Whether the endpoint's state is `deleted` (moto lists deleted endpoints).
+fn deleted(v: &aws_sdk_ec2::types::VpcEndpoint) -> bool {
+    v.state()
+        .map(|s| s.as_str().to_ascii_lowercase())
+        .as_deref()
+        == Some("deleted")
 }
 
 /// In an emulator of its own: after `destroy`, no resource carries the deployer's

@@ -8,7 +8,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{Setup, path_str, setup_with, version_at};
+use common::{Setup, path_str, publish_args, setup_with, version_at};
 
 fn cloud() -> &'static harness::cloud::LocalCloud {
     harness::cloud::shared()
@@ -81,15 +81,7 @@ async fn a_model_only_deploy_serves_the_new_model_through_the_elastic_ip_and_kee
 
     // r1 pins `latest` (m0) at publish time.
     let server = harness::workspace_bin("server").unwrap();
-    let out = s.ok(&[
-        "publish",
-        "--release",
-        "r1",
-        "--server-binary",
-        path_str(&server),
-        "--model-version",
-        "latest",
-    ]);
+    let out = s.ok(&publish_args("r1", &server, "latest"));
     assert!(
         out.stdout.contains(&format!("(model {m0})")),
         "{}",

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,23 +78,9 @@ fn request(addr: SocketAddr, predict: bool) -> Result<String, String> {
             .ok_or_else(|| "GET /version failed".to_string());
     }
     let body = r#"{"idx": 1, "features": {"attr_a": 1, "attr_b": "c", "scd_a": 0.55, "scd_b": 3}}"#;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "POST /predict HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        addr.ip(),
-        body.len()
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)
-        .map_err(|e| format!("read: {e}"))?;
-    buf.split_whitespace()
-        .nth(1)
-        .map(str::to_string)
-        .ok_or_else(|| format!("no status line in {buf:?}"))
+    harness::http::request_at(addr, "POST", "/predict", &[], body, Duration::from_secs(7))
+        .map(|r| r.status.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// One worker's requests: when each ended, and its answer or why it failed.
@@ -381,16 +366,7 @@ async fn three_instances_per_colour_behind_the_balancer_shift_by_weight() {
     // /predict load: its 5xx rate rolls it back by itself.
     let bad = unscorable_model(&app).await;
     let server = harness::workspace_bin("server").unwrap();
-    app.ok(&[
-        "publish",
-        "--release",
-        "r3",
-        "--server-binary",
-        common::path_str(&server),
-        "--model-version",
-        &bad,
-    ])
-    .await;
+    app.ok(&common::publish_args("r3", &server, &bad)).await;
     let load = Load::start(&ips, port, 2, true);
     let r = app
         .run(&app.release_args(&["deploy", "--release", "r3", "--canary", "50%"]))
@@ -499,58 +475,43 @@ async fn three_instances_per_colour_behind_the_balancer_shift_by_weight() {
 }
 
 /// Keep-alive `POST /predict`s on one connection to `addr` until `until`: the number of
-/// 200 answers (a failed connection is opened again).
+/// 200 answers (a failed connection is opened again). On a runtime of its own: it runs
+/// on a plain thread.
 fn hammer(addr: SocketAddr, until: Instant) -> u64 {
-    use std::io::BufRead as _;
+    use tokio::io::AsyncWriteExt as _;
     let body = r#"{"idx": 1, "features": {"attr_a": 1, "attr_b": "c", "scd_a": 0.55, "scd_b": 3}}"#;
     let req = format!(
         "POST /predict HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         addr.ip(),
         body.len()
     );
-    let mut ok = 0;
-    'conn: while Instant::now() < until {
-        let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = std::io::BufReader::new(s);
-        while Instant::now() < until {
-            if w.write_all(req.as_bytes()).is_err() {
-                continue 'conn;
-            }
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                continue 'conn;
-            }
-            let status_ok = line.split_whitespace().nth(1) == Some("200");
-            let mut len = 0usize;
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ok = 0;
+        'conn: while Instant::now() < until {
+            let connect = tokio::net::TcpStream::connect(addr);
+            let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            s.set_nodelay(true).unwrap();
+            let mut c = tokio::io::BufReader::new(s);
+            while Instant::now() < until {
+                if c.get_mut().write_all(req.as_bytes()).await.is_err() {
                     continue 'conn;
                 }
-                let h = h.trim_end();
-                if h.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':')
-                    && k.eq_ignore_ascii_case("content-length")
-                {
-                    len = v.trim().parse().unwrap_or(0);
+                let answer = harness::http::read_response(&mut c);
+                match tokio::time::timeout(Duration::from_secs(5), answer).await {
+                    Ok(Ok(status)) => ok += u64::from(status == 200),
+                    _ => continue 'conn,
                 }
             }
-            let mut buf = vec![0u8; len];
-            if r.read_exact(&mut buf).is_err() {
-                continue 'conn;
-            }
-            ok += u64::from(status_ok);
         }
-    }
-    ok
+        ok
+    })
 }
 
 /// Requests per second through both balancer addresses, `conns` keep-alive

@@ -11,13 +11,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
-use aws_sdk_ec2::types::Filter;
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetGroupTuple,
 };
-use common::{Setup, path_str, setup_with};
+use common::app::{CloudApp, leftovers, tagged_ids, target_groups_named};
+use common::{Setup, setup_with};
 use deployer::config::Config;
-use deployer::state::Color;
+use deployer::stack::Kind;
 
 /// An emulator of this file's own (its recording holds only this file's requests):
 /// the local cloud's moto (balancers holding their mappings' Elastic IPs), its delays
@@ -53,6 +53,17 @@ const REFRESH: [(&str, usize); 15] = [
     ("elasticloadbalancing:DescribeTargetGroupAttributes", 2),
     // Besides the refresh: the state read and the lock (taken, released).
     ("s3:GetObject", 1),
+];
+
+/// What `front = "nlb"` adds to the stack.
+const BALANCER_SIDE: [&str; 7] = [
+    "aws_subnet.b",
+    "aws_route_table_association.b",
+    "aws_eip.b",
+    "aws_lb_target_group.blue",
+    "aws_lb_target_group.green",
+    "aws_lb.api",
+    "aws_lb_listener.api",
 ];
 
 fn id(state: &deployer::state::State, addr: &str) -> String {
@@ -130,15 +141,7 @@ async fn apply_builds_the_balancer_and_a_no_op_plan_after_it_is_empty_and_reads_
     let s = setup_with(private(), &[nlb(), ("lock", "lease_seconds", 60.into())]);
     s.ok(&["init"]);
     let plan = s.ok(&["plan"]);
-    for addr in [
-        "aws_subnet.b",
-        "aws_route_table_association.b",
-        "aws_eip.b",
-        "aws_lb_target_group.blue",
-        "aws_lb_target_group.green",
-        "aws_lb.api",
-        "aws_lb_listener.api",
-    ] {
+    for addr in BALANCER_SIDE {
         assert!(
             plan.stdout.contains(&format!("# {addr} will be created")),
             "{addr}:\n{}",
@@ -298,15 +301,19 @@ async fn apply_builds_the_balancer_and_a_no_op_plan_after_it_is_empty_and_reads_
     );
 }
 
-/// Rewrites `s`'s configuration with `front` set to `front`.
-fn with_front(s: &Setup, front: &str) -> Setup {
+/// Rewrites `app`'s configuration with `front` set to `front`.
+fn with_front(app: &CloudApp, front: &str) -> CloudApp {
+    let s = &app.s;
     let text = std::fs::read_to_string(&s.config_path).unwrap();
     let mut doc: toml::Table = toml::from_str(&text).unwrap();
     doc.insert("front".into(), toml::Value::String(front.into()));
     std::fs::write(&s.config_path, toml::to_string(&doc).unwrap()).unwrap();
-    Setup {
-        cfg: Config::load(&s.config_path).unwrap(),
-        ..s.clone()
+    CloudApp {
+        s: Setup {
+            cfg: Config::load(&s.config_path).unwrap(),
+            ..s.clone()
+        },
+        port: app.port,
     }
 }
 
@@ -317,53 +324,29 @@ fn with_front(s: &Setup, front: &str) -> Setup {
 /// waited out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_to_nlb_keeps_the_elastic_ip_on_the_balancer_and_destroy_leaves_nothing() {
-    let cloud = harness::cloud::shared();
-    let port = harness::free_port();
-    let s = setup_with(
-        cloud.moto(),
+    let app = CloudApp::new(
         &[
-            ("", "api_port", toml::Value::Integer(port.into())),
             ("nlb", "health_check_interval_seconds", 5.into()),
             ("nlb", "healthy_threshold", 2.into()),
             ("nlb", "deregistration_delay_seconds", 1.into()),
         ],
-    );
-    s.ok(&["init"]);
-    s.ok(&["apply", "--auto-approve"]);
-    let (model, model_version) = harness::artifact::promoted_dir();
-    let s3 = s.clients().await.s3;
-    harness::upload_dir(&s3, &s.cfg.artifacts.bucket, "models", model.path()).await;
-    let server = harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"));
-    s.ok(&[
-        "publish",
-        "--release",
-        "r1",
-        "--server-binary",
-        path_str(&server),
-        "--model-version",
-        &model_version,
-    ]);
-    let deploy: Vec<String> =
-        common::release_args(cloud.address_map_path(), &["deploy", "--release", "r1"])
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-    let s2 = s.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        s2.run(&deploy.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .unwrap();
+        &["r1"],
+    )
+    .await;
+    let (s, port) = (&app.s, app.port);
+    let r = app
+        .run(&app.release_args(&["deploy", "--release", "r1"]))
+        .await;
     assert_eq!(r.code, 0, "deploy r1 (eip):\n{}", r.all());
-    let state = s.deployer().await.read_state().await.unwrap();
+    let state = app.state().await;
     let eip = id(&state, "aws_eip.api");
-    let ip = public_ip(&s, &eip).await;
+    let ip = public_ip(s, &eip).await;
     let ip_addr: std::net::IpAddr = ip.parse().unwrap();
     common::assert_serving(ip_addr, port, "r1", None);
 
     // The switch: the plan creates the balancer side and says the address stays.
-    let n = with_front(&s, "nlb");
-    let plan = n.ok(&["plan"]);
+    let n = with_front(&app, "nlb");
+    let plan = n.s.ok(&["plan"]);
     assert!(
         plan.stdout.contains("# aws_lb.api will be created"),
         "{}",
@@ -380,15 +363,12 @@ async fn switching_to_nlb_keeps_the_elastic_ip_on_the_balancer_and_destroy_leave
         "{}",
         plan.stdout
     );
-    let n2 = n.clone();
-    let applied = tokio::task::spawn_blocking(move || n2.run(&["apply", "--auto-approve"]))
-        .await
-        .unwrap();
+    let applied = n.run(&["apply", "--auto-approve"]).await;
     assert_eq!(applied.code, 0, "the switch:\n{}", applied.all());
-    let state = n.deployer().await.read_state().await.unwrap();
+    let state = n.state().await;
     assert_eq!(id(&state, "aws_eip.api"), eip, "the same Elastic IP");
     let lb = id(&state, "aws_lb.api");
-    let (maps, ips) = mappings(&n, &lb).await;
+    let (maps, ips) = mappings(&n.s, &lb).await;
     assert!(
         maps.contains(&(id(&state, "aws_subnet.main"), eip.clone())),
         "{maps:?}"
@@ -397,33 +377,25 @@ async fn switching_to_nlb_keeps_the_elastic_ip_on_the_balancer_and_destroy_leave
     // The live instance is registered in blue's group; the address serves r1 through
     // the balancer.
     let blue = id(&state, "aws_lb_target_group.blue");
-    let health = n
-        .clients()
-        .await
-        .elb
-        .describe_target_health()
-        .target_group_arn(&blue)
-        .send()
-        .await
-        .unwrap();
+    let health =
+        n.s.clients()
+            .await
+            .elb
+            .describe_target_health()
+            .target_group_arn(&blue)
+            .send()
+            .await
+            .unwrap();
     assert_eq!(health.target_health_descriptions().len(), 1, "{health:?}");
     common::assert_serving(ip_addr, port, "r1", None);
-    let again = n.run(&["plan", "--detailed-exitcode"]);
+    let again = n.s.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(again.code, 0, "after the switch:\n{}", again.all());
 
     // Going back to eip: the plan deletes the balancer side and says the address stays
     // only because aws_eip.api survives.
     let e = with_front(&n, "eip");
-    let back = e.ok(&["plan"]);
-    for addr in [
-        "aws_subnet.b",
-        "aws_route_table_association.b",
-        "aws_eip.b",
-        "aws_lb_target_group.blue",
-        "aws_lb_target_group.green",
-        "aws_lb.api",
-        "aws_lb_listener.api",
-    ] {
+    let back = e.s.ok(&["plan"]);
+    for addr in BALANCER_SIDE {
         assert!(
             back.stdout.contains(&format!(
                 "# {addr} will be destroyed (not wanted with front = \"eip\")"
@@ -448,12 +420,9 @@ async fn switching_to_nlb_keeps_the_elastic_ip_on_the_balancer_and_destroy_leave
     // destroy (with front = "eip": the state still records the balancer side): the
     // balancer's interfaces linger and hold the subnets and addresses; the delete waits
     // them out and nothing is left.
-    let n3 = e.clone();
-    let destroyed = tokio::task::spawn_blocking(move || n3.run(&["destroy", "--auto-approve"]))
-        .await
-        .unwrap();
+    let destroyed = e.run(&["destroy", "--auto-approve"]).await;
     assert_eq!(destroyed.code, 0, "destroy:\n{}", destroyed.all());
-    let left = common::app::leftovers(&n).await;
+    let left = leftovers(&n.s).await;
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
@@ -464,24 +433,13 @@ async fn switching_to_nlb_keeps_the_elastic_ip_on_the_balancer_and_destroy_leave
 async fn killed_between_create_and_state_write_the_balancer_side_is_adopted_not_doubled() {
     let s = setup_with(private(), &[nlb()]);
     s.ok(&["init"]);
-    let points = [
+    s.kill_applies_then_apply(&[
         "after-create:aws_subnet.b",
         "after-create:aws_eip.b",
         "after-create:aws_lb_target_group.blue",
         "after-create:aws_lb.api",
         "after-create:aws_lb_listener.api",
-    ];
-    for point in points {
-        let run = s.start_until(
-            &["apply", "--auto-approve", "--lock-timeout", "30s"],
-            &[("DEPLOYER_FAULT", point)],
-            "fault point",
-        );
-        assert!(run.log.contains(point), "{}", run.log);
-        run.kill9();
-    }
-    let r = s.run(&["apply", "--auto-approve", "--lock-timeout", "30s"]);
-    assert_eq!(r.code, 0, "after kills at {points:?}:\n{}", r.all());
+    ]);
     let plan = s.run(&["plan", "--detailed-exitcode", "--lock-timeout", "30s"]);
     assert_eq!(plan.code, 0, "converged:\n{}", plan.all());
 
@@ -504,33 +462,13 @@ async fn killed_between_create_and_state_write_the_balancer_side_is_adopted_not_
         .await
         .unwrap();
     assert_eq!(listeners.listeners().len(), 1);
-    let groups = c.elb.describe_target_groups().send().await.unwrap();
-    for color in [Color::Blue, Color::Green] {
-        let name = deployer::stack::target_group_name(&s.cfg, color);
-        let n = groups
-            .target_groups()
-            .iter()
-            .filter(|g| g.target_group_name() == Some(name.as_str()))
-            .count();
+    for (name, n) in target_groups_named(&s).await {
         assert_eq!(n, 1, "{name}");
     }
-    let tag = Filter::builder().name("tag:app").values(&s.cfg.app).build();
-    let subnets = c
-        .ec2
-        .describe_subnets()
-        .filters(tag.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(subnets.subnets().len(), 2);
-    let addrs = c
-        .ec2
-        .describe_addresses()
-        .filters(tag)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(addrs.addresses().len(), 2);
+    let subnets = tagged_ids(&s, Kind::Subnet).await;
+    assert_eq!(subnets.len(), 2);
+    let addrs = tagged_ids(&s, Kind::Eip).await;
+    assert_eq!(addrs.len(), 2);
     let state = s.deployer().await.read_state().await.unwrap();
     assert_eq!(id(&state, "aws_lb.api"), lb);
 }

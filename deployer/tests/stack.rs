@@ -35,17 +35,12 @@ async fn plan_on_empty_state_lists_every_resource_then_apply_then_no_changes() {
             plan.stdout
         );
     }
-    assert!(
-        plan.stdout.contains("+ resource \"aws_vpc\" \"main\" {"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout
-            .contains("Plan: 13 to add, 0 to change, 0 to destroy."),
-        "{}",
-        plan.stdout
-    );
+    for said in [
+        "+ resource \"aws_vpc\" \"main\" {",
+        "Plan: 13 to add, 0 to change, 0 to destroy.",
+    ] {
+        assert!(plan.stdout.contains(said), "{}", plan.stdout);
+    }
 
     let json = s.ok(&["plan", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("plan --json is JSON");

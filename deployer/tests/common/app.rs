@@ -6,10 +6,11 @@
 use std::net::IpAddr;
 
 use aws_sdk_ec2::types::Filter;
+use deployer::stack::Kind;
 use deployer::state::Color;
 use harness::cloud::LocalCloud;
 
-use super::{Run, Setup, path_str, setup_with};
+use super::{Run, Setup, ec2_ids, publish_args, setup_with};
 
 fn cloud() -> &'static LocalCloud {
     harness::cloud::shared()
@@ -39,16 +40,7 @@ impl CloudApp {
         harness::upload_dir(&s3, &app.s.cfg.artifacts.bucket, "models", model.path()).await;
         let server = harness::workspace_bin("server").unwrap_or_else(|e| panic!("{e}"));
         for r in releases {
-            app.ok(&[
-                "publish",
-                "--release",
-                r,
-                "--server-binary",
-                path_str(&server),
-                "--model-version",
-                &model_version,
-            ])
-            .await;
+            app.ok(&publish_args(r, &server, &model_version)).await;
         }
         app
     }
@@ -131,12 +123,38 @@ impl CloudApp {
     }
 }
 
+/// The ids of the app's resources of `kind` (found by their `app` tag: VPCs, subnets,
+/// Elastic IPs, ...).
+pub async fn tagged_ids(s: &Setup, kind: Kind) -> Vec<String> {
+    let tag = Filter::builder().name("tag:app").values(&s.cfg.app).build();
+    ec2_ids(&s.clients().await, kind, vec![tag])
+        .await
+        .unwrap_or_else(|| panic!("{kind:?} is not found by its tags"))
+}
+
+/// The name of each colour's target group and how many target groups carry it.
+pub async fn target_groups_named(s: &Setup) -> Vec<(String, usize)> {
+    let c = s.clients().await;
+    let groups = c.elb.describe_target_groups().send().await.unwrap();
+    [Color::Blue, Color::Green]
+        .into_iter()
+        .map(|color| {
+            let name = deployer::stack::target_group_name(&s.cfg, color);
+            let n = groups
+                .target_groups()
+                .iter()
+                .filter(|g| g.target_group_name() == Some(name.as_str()))
+                .count();
+            (name, n)
+        })
+        .collect()
+}
+
 /// What the app of `s` left behind in the account: live instances, subnets, addresses,
 /// VPCs, its IAM role and instance profile, and with `front = "nlb"` its balancer, target
 /// groups and the balancer's interfaces (which linger after the balancer).
 pub async fn leftovers(s: &Setup) -> Vec<String> {
     let c = s.clients().await;
-    let tag = Filter::builder().name("tag:app").values(&s.cfg.app).build();
     let mut left = Vec::new();
     let lb = deployer::stack::lb_name(&s.cfg);
     if let Ok(out) = c.elb.describe_load_balancers().names(&lb).send().await {
@@ -144,14 +162,8 @@ pub async fn leftovers(s: &Setup) -> Vec<String> {
             left.push(format!("balancer {:?}", b.load_balancer_arn()));
         }
     }
-    let groups = c.elb.describe_target_groups().send().await.unwrap();
-    for color in [Color::Blue, Color::Green] {
-        let name = deployer::stack::target_group_name(&s.cfg, color);
-        if groups
-            .target_groups()
-            .iter()
-            .any(|g| g.target_group_name() == Some(name.as_str()))
-        {
+    for (name, n) in target_groups_named(s).await {
+        if n > 0 {
             left.push(format!("target group {name}"));
         }
     }
@@ -170,20 +182,14 @@ pub async fn leftovers(s: &Setup) -> Vec<String> {
     for e in enis.network_interfaces() {
         left.push(format!("balancer interface {:?}", e.network_interface_id()));
     }
-    let subnets = c
-        .ec2
-        .describe_subnets()
-        .filters(tag.clone())
-        .send()
-        .await
-        .unwrap();
-    for sn in subnets.subnets() {
-        left.push(format!("subnet {:?}", sn.subnet_id()));
+    for id in tagged_ids(s, Kind::Subnet).await {
+        left.push(format!("subnet {id}"));
     }
+    let tag = Filter::builder().name("tag:app").values(&s.cfg.app).build();
     let res = c
         .ec2
         .describe_instances()
-        .filters(tag.clone())
+        .filters(tag)
         .send()
         .await
         .unwrap();
@@ -193,19 +199,11 @@ pub async fn leftovers(s: &Setup) -> Vec<String> {
             left.push(format!("instance {:?} ({state:?})", i.instance_id()));
         }
     }
-    let addrs = c
-        .ec2
-        .describe_addresses()
-        .filters(tag.clone())
-        .send()
-        .await
-        .unwrap();
-    for a in addrs.addresses() {
-        left.push(format!("address {:?}", a.allocation_id()));
+    for id in tagged_ids(s, Kind::Eip).await {
+        left.push(format!("address {id}"));
     }
-    let vpcs = c.ec2.describe_vpcs().filters(tag).send().await.unwrap();
-    for v in vpcs.vpcs() {
-        left.push(format!("vpc {:?}", v.vpc_id()));
+    for id in tagged_ids(s, Kind::Vpc).await {
+        left.push(format!("vpc {id}"));
     }
     let role = deployer::stack::role_name(&s.cfg);
     if c.iam.get_role().role_name(&role).send().await.is_ok() {

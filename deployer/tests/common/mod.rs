@@ -134,6 +134,22 @@ impl Setup {
         deployer::Deployer::new(self.cfg.clone(), self.clients().await)
     }
 
+    /// Kills an `apply` with SIGKILL at each fault point of `points` in turn (each run
+    /// resumes the previous one), then insists that one more `apply` finishes.
+    pub fn kill_applies_then_apply(&self, points: &[&str]) {
+        for point in points {
+            let run = self.start_until(
+                &["apply", "--auto-approve", "--lock-timeout", "30s"],
+                &[("DEPLOYER_FAULT", point)],
+                "fault point",
+            );
+            assert!(run.log.contains(point), "{}", run.log);
+            run.kill9();
+        }
+        let r = self.run(&["apply", "--auto-approve", "--lock-timeout", "30s"]);
+        assert_eq!(r.code, 0, "after kills at {points:?}:\n{}", r.all());
+    }
+
     /// Starts the deployer and returns once its stderr shows `marker` (e.g. a fault
     /// point), with the process still running.
     pub fn start_until(&self, args: &[&str], env: &[(&str, &str)], marker: &str) -> Running {
@@ -268,6 +284,24 @@ pub async fn described_instance(c: &Clients, id: &str) -> aws_sdk_ec2::types::In
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// The arguments of `publish`: `release` of the server binary `server` with the model
+/// `model_version`.
+pub fn publish_args<'a>(
+    release: &'a str,
+    server: &'a Path,
+    model_version: &'a str,
+) -> [&'a str; 7] {
+    [
+        "publish",
+        "--release",
+        release,
+        "--server-binary",
+        path_str(server),
+        "--model-version",
+        model_version,
+    ]
 }
 
 /// The ids of the EC2 resources of `kind` that `filters` select (one `Describe*` call),
@@ -415,26 +449,13 @@ pub async fn assert_state_matches_emulator(s: &Setup) -> deployer::state::State 
 /// `(release, model_version)` from `GET /version` at `ip:port` (the model `""` when the
 /// server reports none), `None` when the request fails or is not a 200. Loopback only.
 pub fn version_at(ip: std::net::IpAddr, port: u16) -> Option<(String, String)> {
-    use std::io::{Read as _, Write as _};
     assert!(ip.is_loopback(), "only loopback is ever a target, not {ip}");
-    let mut s = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::new(ip, port),
-        Duration::from_secs(2),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /version HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    if head.split_whitespace().nth(1) != Some("200") {
+    let addr = std::net::SocketAddr::new(ip, port);
+    let r = harness::http::get_at(addr, "/version", Duration::from_secs(7)).ok()?;
+    if r.status != 200 {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let v = r.json().ok()?;
     Some((
         v["release"].as_str()?.to_string(),
         v["model_version"].as_str().unwrap_or_default().to_string(),
