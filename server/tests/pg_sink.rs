@@ -82,17 +82,25 @@ fn model_root() -> (tempfile::TempDir, String) {
     (root, version)
 }
 
+/// A server on a model of its own (`model_root`) writing its predictions to `url`,
+/// started with `args` and ready: the model's folder (kept as long as the server runs),
+/// the model's version and the server.
+fn sink_server(url: String, args: &[&str]) -> (tempfile::TempDir, String, Server) {
+    let (root, version) = model_root();
+    let s = Server::start(
+        root.path().to_str().unwrap(),
+        args,
+        &[("PREDICTION_DATABASE_URL", url)],
+    );
+    s.wait_ready(200);
+    (root, version, s)
+}
+
 #[test]
 fn predictions_land_in_the_table_with_the_right_values() {
     let db = migrated();
     let (url, pw) = writer_url(&db);
-    let (root, version) = model_root();
-    let s = Server::start(
-        root.path().to_str().unwrap(),
-        &["--prediction-database-flush-ms", "20"],
-        &[("PREDICTION_DATABASE_URL", url)],
-    );
-    s.wait_ready(200);
+    let (_root, version, s) = sink_server(url, &["--prediction-database-flush-ms", "20"]);
     let t0 = std::time::SystemTime::now();
     let single = s.post("/predict", ORIGINAL);
     assert_eq!(single.status, 200, "{}", single.body);
@@ -163,18 +171,15 @@ fn predictions_land_in_the_table_with_the_right_values() {
 fn many_requests_land_as_one_row_each_in_few_copies() {
     let db = migrated();
     let (url, _pw) = writer_url(&db);
-    let (root, _version) = model_root();
-    let s = Server::start(
-        root.path().to_str().unwrap(),
+    let (_root, _version, s) = sink_server(
+        url,
         &[
             "--prediction-database-batch",
             "100",
             "--prediction-database-flush-ms",
             "50",
         ],
-        &[("PREDICTION_DATABASE_URL", url)],
     );
-    s.wait_ready(200);
     let (threads, per) = (4i64, 150i64);
     std::thread::scope(|sc| {
         for t in 0..threads {
@@ -215,24 +220,21 @@ fn many_requests_land_as_one_row_each_in_few_copies() {
 
 #[test]
 fn an_unreachable_database_never_fails_a_request_and_drops_are_counted() {
-    let (root, _version) = model_root();
     let pw = harness::unique("pw");
     // Nothing listens on this port.
     let url = format!(
         "postgres://writer:{pw}@127.0.0.1:{}/predictions_db",
         harness::free_port()
     );
-    let mut s = Server::start(
-        root.path().to_str().unwrap(),
+    let (_root, _version, mut s) = sink_server(
+        url,
         &[
             "--prediction-database-capacity",
             "10",
             "--shutdown-timeout",
             "1",
         ],
-        &[("PREDICTION_DATABASE_URL", url)],
     );
-    s.wait_ready(200);
     for i in 0..40 {
         let r = s.post("/predict", &instance(i, "a"));
         assert_eq!(r.status, 200, "{}", r.body);
@@ -262,9 +264,8 @@ fn a_stopped_database_is_survived_without_a_failed_request() {
     for m in MIGRATIONS {
         cluster.psql("postgres", m).unwrap();
     }
-    let (root, _version) = model_root();
-    let s = Server::start(
-        root.path().to_str().unwrap(),
+    let (_root, _version, s) = sink_server(
+        cluster.admin_url("postgres"),
         &[
             "--prediction-database-flush-ms",
             "20",
@@ -273,9 +274,7 @@ fn a_stopped_database_is_survived_without_a_failed_request() {
             "--prediction-database-capacity",
             "5",
         ],
-        &[("PREDICTION_DATABASE_URL", cluster.admin_url("postgres"))],
     );
-    s.wait_ready(200);
     for i in 0..5 {
         assert_eq!(s.post("/predict", &instance(i, "a")).status, 200);
     }
@@ -311,13 +310,7 @@ fn a_stopped_database_is_survived_without_a_failed_request() {
 fn lost_connections_reconnect_and_failed_copies_are_counted() {
     let db = migrated();
     let (url, _pw) = writer_url(&db);
-    let (root, _version) = model_root();
-    let s = Server::start(
-        root.path().to_str().unwrap(),
-        &["--prediction-database-flush-ms", "20"],
-        &[("PREDICTION_DATABASE_URL", url)],
-    );
-    s.wait_ready(200);
+    let (_root, _version, s) = sink_server(url, &["--prediction-database-flush-ms", "20"]);
     assert_eq!(s.post("/predict", &instance(1, "a")).status, 200);
     wait_for("row 1", Duration::from_secs(20), || count(&db) == 1);
 
@@ -359,21 +352,18 @@ fn lost_connections_reconnect_and_failed_copies_are_counted() {
 fn sigterm_flushes_the_queued_predictions() {
     let db = migrated();
     let (url, _pw) = writer_url(&db);
-    let (root, _version) = model_root();
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("predictions.jsonl");
     // A batch would wait a minute to fill: only the shutdown flush can write these.
-    let mut s = Server::start(
-        root.path().to_str().unwrap(),
+    let (_root, _version, mut s) = sink_server(
+        url,
         &[
             "--prediction-database-flush-ms",
             "60000",
             "--prediction-log",
             log.to_str().unwrap(),
         ],
-        &[("PREDICTION_DATABASE_URL", url)],
     );
-    s.wait_ready(200);
     // The first record may be taken while the writer is still connecting; wait for it.
     wait_for("the sink to connect", Duration::from_secs(20), || {
         s.logs().contains("prediction database connected")
