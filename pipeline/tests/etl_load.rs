@@ -6,10 +6,19 @@ mod etl_common;
 
 use etl_common::{Bucket, count, database, fast_retry, load_customers, loader, month_snapshot};
 use pipeline::etl::Month;
-use pipeline::runs::{self, Status};
+use pipeline::etl::load::Loader;
+use pipeline::runs::{self, RetryPolicy, Status};
 
 fn month(s: &str) -> Month {
     s.parse().expect("month")
+}
+
+/// `load-sales` of each of `months` in turn, through the ledger: each succeeds.
+async fn load_months(l: &Loader, months: &[&str], policy: &RetryPolicy) {
+    for m in months {
+        let s = runs::load_month(l, month(m), policy).await.expect("ledger");
+        assert_eq!(s.status, Status::Success, "{:?}", s.error);
+    }
 }
 
 /// The file's data lines, sorted by their first field (idx), numbers written the way
@@ -150,12 +159,7 @@ async fn a_month_loaded_three_times_holds_the_same_rows_as_once() {
     bucket.generate(300, 3, 11).await;
     let l = loader(&pool, bucket.source());
     let policy = fast_retry();
-    for m in ["2020-01", "2020-02", "2020-03"] {
-        let s = runs::load_month(&l, month(m), &policy)
-            .await
-            .expect("ledger");
-        assert_eq!(s.status, Status::Success, "{:?}", s.error);
-    }
+    load_months(&l, &["2020-01", "2020-02", "2020-03"], &policy).await;
     let once = month_snapshot(&pool, "2020-02").await;
     let total_once = count(&pool, "SELECT count(*) FROM sales").await;
     let file = String::from_utf8(bucket.get("sales/2020-02-01/sales.csv").await).expect("utf8");
@@ -189,12 +193,7 @@ async fn a_bad_row_at_line_300_fails_the_month_and_keeps_its_previous_rows() {
     bucket.generate(300, 2, 5).await;
     let l = loader(&pool, bucket.source());
     let policy = fast_retry();
-    for m in ["2020-01", "2020-02"] {
-        let s = runs::load_month(&l, month(m), &policy)
-            .await
-            .expect("ledger");
-        assert_eq!(s.status, Status::Success, "{:?}", s.error);
-    }
+    load_months(&l, &["2020-01", "2020-02"], &policy).await;
     let before = month_snapshot(&pool, "2020-02").await;
     let other = month_snapshot(&pool, "2020-01").await;
 
