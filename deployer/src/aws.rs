@@ -114,7 +114,7 @@ where
     }
 }
 
-/// How long and how often [`retry_while`] retries.
+/// How long and how often [`retry_while`] retries, and how loudly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// The wait before the first retry; each later wait doubles, up to `max_delay`.
@@ -122,6 +122,10 @@ pub struct Backoff {
     pub max_delay: Duration,
     /// No attempt starts later than this after the first one.
     pub deadline: Duration,
+    /// Each retry logged at info level (the resource, the action and AWS's code), for
+    /// the waits an operator should see: a delete held by a dependency, a group not
+    /// yet known. Otherwise at debug level.
+    pub log_retries: bool,
 }
 
 impl Default for Backoff {
@@ -132,6 +136,7 @@ impl Default for Backoff {
             first_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(5),
             deadline: Duration::from_secs(60),
+            log_retries: false,
         }
     }
 }
@@ -140,6 +145,14 @@ impl Backoff {
     /// The wait after `delay`.
     pub fn next_delay(&self, delay: Duration) -> Duration {
         delay.saturating_mul(2).min(self.max_delay)
+    }
+
+    /// The same waits, each retry logged at info level (see `log_retries`).
+    pub fn logged(self) -> Backoff {
+        Backoff {
+            log_retries: true,
+            ..self
+        }
     }
 }
 
@@ -151,19 +164,62 @@ impl Backoff {
 /// or invalid-parameter code for a few seconds. Only the codes that mean "not yet"
 /// should be retried: `retryable` sees the whole error (some "not yet" answers share
 /// their code with real mistakes and differ only in the message). Each retry is logged
-/// at debug level. For example, adding a role just created to an instance profile:
+/// at debug level, or at info level with [`Backoff::logged`]; after the bound, the
+/// error says how long it was retried. For example, adding a role just created to an
+/// instance profile:
 /// `retry_while(Backoff::default(), |e| e.code == "NoSuchEntity", || add_role(..))`,
 /// where `add_role` returns the call's future with its error mapped to [`AwsError`].
 pub async fn retry_while<T, F, Fut>(
     bound: Backoff,
     retryable: impl Fn(&AwsError) -> bool,
-    op: F,
+    mut op: F,
 ) -> Result<T, AwsError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, AwsError>>,
 {
-    retry(bound, retryable, op, false).await
+    let start = tokio::time::Instant::now();
+    let mut delay = bound.first_delay;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut err = match op().await {
+            Ok(out) => return Ok(out),
+            Err(err) => err,
+        };
+        if !retryable(&err) {
+            return Err(err);
+        }
+        if start.elapsed() + delay > bound.deadline {
+            err.message = format!(
+                "{} (still refused after {attempt} attempts in {:.0?}, the bound is {:?})",
+                err.message,
+                start.elapsed(),
+                bound.deadline
+            );
+            return Err(err);
+        }
+        if bound.log_retries {
+            tracing::info!(
+                "{}: {} refused with {} ({}), retrying in {delay:.1?} (attempt {attempt})",
+                err.resource,
+                err.action,
+                err.code,
+                err.message
+            );
+        } else {
+            tracing::debug!(
+                resource = %err.resource,
+                action = err.action,
+                code = %err.code,
+                attempt,
+                ?delay,
+                "not yet consistent, retrying"
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = bound.next_delay(delay);
+    }
 }
 
 /// How long EC2 may take to show what was just created (terraform-provider-aws's
@@ -206,6 +262,15 @@ pub mod delete_bound {
 pub const LOAD_BALANCER_ACTIVE: Duration = Duration::from_secs(10 * 60);
 
 impl Backoff {
+    /// For a call naming an instance that EC2 (or ELB) does not show yet moments after
+    /// `RunInstances`: 500 ms doubling up to 5 s, for at most [`EC2_PROPAGATION`].
+    pub const INSTANCE_VISIBLE: Backoff = Backoff {
+        first_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(5),
+        deadline: EC2_PROPAGATION,
+        log_retries: false,
+    };
+
     /// The default waits (200 ms doubling up to 5 s) for at most `deadline`.
     pub fn for_at_most(deadline: Duration) -> Backoff {
         Backoff {
@@ -228,78 +293,6 @@ pub fn role_not_yet_visible(err: &AwsError) -> bool {
 /// Whether `err` carries one of `codes`.
 pub fn has_code(err: &AwsError, codes: &[&str]) -> bool {
     codes.contains(&err.code.as_str())
-}
-
-/// [`retry_while`], with each retry logged at info level (the resource, the action and
-/// AWS's code), and the error after the bound saying how long it was retried. For the
-/// waits an operator should see: a delete held by a dependency, a group not yet known.
-pub async fn retry_logged<T, F, Fut>(
-    bound: Backoff,
-    retryable: impl Fn(&AwsError) -> bool,
-    op: F,
-) -> Result<T, AwsError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, AwsError>>,
-{
-    retry(bound, retryable, op, true).await
-}
-
-/// The one retry loop behind [`retry_while`] (retries at debug level) and
-/// [`retry_logged`] (at info level). After the bound, the error says how long it was
-/// retried.
-async fn retry<T, F, Fut>(
-    bound: Backoff,
-    retryable: impl Fn(&AwsError) -> bool,
-    mut op: F,
-    loud: bool,
-) -> Result<T, AwsError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, AwsError>>,
-{
-    let start = tokio::time::Instant::now();
-    let mut delay = bound.first_delay;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let mut err = match op().await {
-            Ok(out) => return Ok(out),
-            Err(err) => err,
-        };
-        if !retryable(&err) {
-            return Err(err);
-        }
-        if start.elapsed() + delay > bound.deadline {
-            err.message = format!(
-                "{} (still refused after {attempt} attempts in {:.0?}, the bound is {:?})",
-                err.message,
-                start.elapsed(),
-                bound.deadline
-            );
-            return Err(err);
-        }
-        if loud {
-            tracing::info!(
-                "{}: {} refused with {} ({}), retrying in {delay:.1?} (attempt {attempt})",
-                err.resource,
-                err.action,
-                err.code,
-                err.message
-            );
-        } else {
-            tracing::debug!(
-                resource = %err.resource,
-                action = err.action,
-                code = %err.code,
-                attempt,
-                ?delay,
-                "not yet consistent, retrying"
-            );
-        }
-        tokio::time::sleep(delay).await;
-        delay = bound.next_delay(delay);
-    }
 }
 
 /// Polls `op` until it returns `Some`, for at most `bound.deadline`; then fails with

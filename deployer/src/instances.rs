@@ -227,6 +227,7 @@ pub async fn launch_instance_within(
         first_delay: Duration::from_secs(1),
         max_delay: Duration::from_secs(10),
         deadline: iam_propagation,
+        log_retries: false,
     };
     let out = retry_while(bound, is_profile_not_yet_visible, || async {
         clients

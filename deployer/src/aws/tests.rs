@@ -18,6 +18,7 @@ fn quick(deadline_ms: u64) -> Backoff {
         first_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(4),
         deadline: Duration::from_millis(deadline_ms),
+        log_retries: false,
     }
 }
 
@@ -105,10 +106,10 @@ async fn gives_up_at_the_deadline_with_the_last_error() {
 }
 
 #[tokio::test]
-async fn retry_logged_says_how_long_it_tried_after_the_bound() {
+async fn logged_retries_say_how_long_they_tried_after_the_bound() {
     let attempts = Cell::new(0);
-    let out: Result<(), AwsError> = retry_logged(
-        quick(20),
+    let out: Result<(), AwsError> = retry_while(
+        quick(20).logged(),
         |e| has_code(e, &["DependencyViolation"]),
         || {
             attempts.set(attempts.get() + 1);
@@ -129,8 +130,8 @@ async fn retry_logged_says_how_long_it_tried_after_the_bound() {
         err.message
     );
     // Another code is not retried.
-    let once: Result<(), AwsError> = retry_logged(
-        quick(10_000),
+    let once: Result<(), AwsError> = retry_while(
+        quick(10_000).logged(),
         |e| has_code(e, &["DependencyViolation"]),
         || async { Err(failure("AccessDenied", 1)) },
     )

@@ -8,7 +8,6 @@
 //! settled by the next one from the listener's real weights ([`Deployer::settle_weights`]).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetDescription, TargetGroupTuple,
@@ -16,7 +15,6 @@ use aws_sdk_elasticloadbalancingv2::types::{
 
 use super::ReleaseError;
 use crate::aws::{AwsError, Backoff, Clients, retry_while};
-use crate::instances::EC2_PROPAGATION;
 use crate::state::{Color, State, StateStore, WeightShift};
 use crate::{Deployer, Error};
 
@@ -75,23 +73,15 @@ impl Balancer {
     /// Registers `ids` in `color`'s group, retrying while ELB does not see a
     /// just-started instance as running yet (`InvalidTarget`).
     pub async fn register(&self, color: Color, ids: &[String]) -> Result<(), AwsError> {
-        let bound = Backoff {
-            first_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(5),
-            deadline: EC2_PROPAGATION,
-        };
         retry_while(
-            bound,
+            Backoff::INSTANCE_VISIBLE,
             |e| e.code == "InvalidTarget",
             || async {
-                let mut req = self
-                    .elb
+                self.elb
                     .register_targets()
-                    .target_group_arn(self.group(color));
-                for id in ids {
-                    req = req.targets(TargetDescription::builder().id(id).build());
-                }
-                req.send()
+                    .target_group_arn(self.group(color))
+                    .set_targets(Some(descriptions(ids)))
+                    .send()
                     .await
                     .map_err(|e| AwsError::new(group_address(color), "RegisterTargets", e))
             },
@@ -106,14 +96,11 @@ impl Balancer {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut req = self
-            .elb
+        self.elb
             .deregister_targets()
-            .target_group_arn(self.group(color));
-        for id in ids {
-            req = req.targets(TargetDescription::builder().id(id).build());
-        }
-        req.send()
+            .target_group_arn(self.group(color))
+            .set_targets(Some(descriptions(ids)))
+            .send()
             .await
             .map_err(|e| AwsError::new(group_address(color), "DeregisterTargets", e))?;
         Ok(())
@@ -236,6 +223,13 @@ pub fn share(weights: &BTreeMap<Color, i32>, color: Color) -> u8 {
     }
     let w = weights.get(&color).copied().unwrap_or(0).max(0);
     u8::try_from(w * 100 / total).unwrap_or(100)
+}
+
+/// The targets of `ids`, for `RegisterTargets` and `DeregisterTargets`.
+fn descriptions(ids: &[String]) -> Vec<TargetDescription> {
+    ids.iter()
+        .map(|id| TargetDescription::builder().id(id).build())
+        .collect()
 }
 
 /// The weights as one line: `blue 100%, green 0%`.

@@ -12,7 +12,10 @@ use serde_json::json;
 
 use super::balancer::Balancer;
 use super::model::{DeployTarget, Resolved};
-use super::{Deployed, ReleaseError, ReleaseOptions, describe, failed, resource_id};
+use super::{
+    Deployed, ReleaseError, ReleaseOptions, describe, failed, not_verified, record_cutover,
+    resource_id,
+};
 use crate::config::Front;
 use crate::health::{self, ProbeError};
 use crate::history::Entry;
@@ -225,7 +228,25 @@ impl Run<'_> {
             opts.health_deadline.max(Duration::from_secs(60)),
         )
         .await?;
-        let (idle, port) = (self.idle, self.d.cfg.api_port);
+        self.gate(id, ip).await?;
+        let https = (self.d)
+            .https_gate(
+                &opts.endpoints,
+                &self.ids.allocation,
+                self.idle,
+                id,
+                ip,
+                opts.rollback_window,
+            )
+            .await?;
+        self.d.guard_eip(&self.state, &self.ids.allocation).await?;
+        Ok(https)
+    }
+
+    /// The health gate of the new instance `id` (public address `ip`): ready, and its
+    /// version reports the release and its model, within the health deadline.
+    pub(super) async fn gate(&self, id: &str, ip: Option<std::net::IpAddr>) -> Result<(), Error> {
+        let (opts, idle, port) = (self.opts, self.idle, self.d.cfg.api_port);
         let resolve = || opts.endpoints.for_color(idle, id, ip, port);
         match resolve() {
             Ok(target) => {
@@ -233,7 +254,7 @@ impl Run<'_> {
             }
             Err(e) => tracing::info!("health gate: waiting for a probe target ({e})"),
         }
-        health::gate_resolving(
+        let v = health::gate_resolving(
             resolve,
             self.release,
             self.manifest.model_version.as_deref(),
@@ -242,19 +263,8 @@ impl Run<'_> {
         )
         .await
         .map_err(ReleaseError::from)?;
-        tracing::info!("health gate passed");
-        let https = (self.d)
-            .https_gate(
-                &opts.endpoints,
-                &self.ids.allocation,
-                idle,
-                id,
-                ip,
-                opts.rollback_window,
-            )
-            .await?;
-        self.d.guard_eip(&self.state, &self.ids.allocation).await?;
-        Ok(https)
+        tracing::info!(instance = %id, release = %v.release, "health gate passed");
+        Ok(())
     }
 
     /// A failure before the move: the new instance goes, the old colour keeps the
@@ -337,29 +347,24 @@ impl Run<'_> {
                 id,
             )
             .await?;
-        let release = &mut self.state.release;
-        release.eip_moving = None;
-        let previous = self.active.and_then(|c| {
-            release
-                .instances
-                .get(&c)
-                .map(|r| (c, r.instance_id.clone()))
-        });
-        release.eip_holder = Some(self.idle);
-        if let Some(a) = self.active
-            && let Some(r) = release.instances.get_mut(&a)
-        {
-            r.retire_after = Some(chrono::Utc::now() + self.opts.rollback_window);
-        }
-        release.last = Some(ReleaseEvent {
-            operation: ReleaseOperation::Deploy,
-            release: self.release.into(),
-            at: chrono::Utc::now(),
-            outcome: EventOutcome::Ok,
-        });
+        self.state.release.eip_moving = None;
+        let previous = self.record_deployed();
         self.store.write(&mut self.state).await?;
         tracing::info!(color = %self.idle, instance = %id, "the Elastic IP moved");
-        Ok(previous)
+        Ok(previous.map(|(c, r)| (c, r.instance_id)))
+    }
+
+    /// The deploy's [`record_cutover`]: the idle colour is live, the active one kept
+    /// for the rollback window.
+    pub(super) fn record_deployed(&mut self) -> Option<(Color, InstanceRecord)> {
+        record_cutover(
+            &mut self.state.release,
+            ReleaseOperation::Deploy,
+            self.release,
+            self.active,
+            self.idle,
+            self.opts.rollback_window,
+        )
     }
 }
 
@@ -469,13 +474,8 @@ impl Deployer {
             Err(e) => return Err(run.abandon(id, e).await),
         };
         let previous = run.move_and_record(&id).await?;
-        self.verify_fixed(
-            &run.ids.allocation,
-            release,
-            run.manifest.model_version.as_deref(),
-            opts,
-        )
-        .await?;
+        let model = run.manifest.model_version.as_deref();
+        self.verify_front(&run.state, release, model, opts).await?;
         self.https_after_move(
             &https,
             &opts.endpoints,
@@ -484,10 +484,7 @@ impl Deployer {
             opts.probe_interval,
         )
         .await
-        .map_err(|why| ReleaseError::NotVerified {
-            release: release.into(),
-            why,
-        })?;
+        .map_err(not_verified(release))?;
         Ok(Deployed {
             release: release.into(),
             color: run.idle,

@@ -33,12 +33,16 @@ use std::time::Duration;
 use aws_sdk_ec2::types::InstanceStateName;
 
 use crate::aws::{AwsError, Backoff, Clients, retry_while};
+use crate::config::Front;
 use crate::health::{self, Endpoints, ProbeError};
 use crate::history::History;
 use crate::instances::EC2_PROPAGATION;
 use crate::publish::PublishError;
 use crate::stack::Kind;
-use crate::state::{Color, EipMove, State, StateStore};
+use crate::state::{
+    Color, EipMove, EventOutcome, InstanceRecord, ReleaseEvent, ReleaseOperation, ReleaseState,
+    State, StateStore,
+};
 use crate::{Deployer, Error};
 
 pub use balancer::{Balancer, TargetHealth, describe_weights, share};
@@ -191,6 +195,10 @@ impl Described {
     }
 }
 
+/// The front's Elastic IPs in the state: `aws_eip.api` (the one with `front = "eip"`),
+/// then the balancer's second one in zone b.
+const ADDRESSES: &[&str] = &["aws_eip.api", "aws_eip.b"];
+
 fn resource_id(state: &State, kind: Kind) -> Result<String, ReleaseError> {
     let addr = kind.address();
     state
@@ -273,58 +281,112 @@ fn failed(why: &str) -> String {
     format!("failed: {why}")
 }
 
+/// The error of a release that took the traffic and does not answer through the
+/// front (the Elastic IP or the balancer).
+fn not_verified(release: &str) -> impl FnOnce(ProbeError) -> ReleaseError + '_ {
+    move |why| ReleaseError::NotVerified {
+        release: release.into(),
+        why,
+    }
+}
+
+/// A cutover's bookkeeping, once the traffic is on `to` (the Elastic IP moved to it, or
+/// every new connection shifted to it) and its intent cleared by the caller: `to` is
+/// live and not retired, the colour live before (`from`) is kept for `window` (the way
+/// back), and the `operation` of `release` is the last event. Returns `from` and its
+/// instances, if it had any. The caller writes the state.
+fn record_cutover(
+    state: &mut ReleaseState,
+    operation: ReleaseOperation,
+    release: &str,
+    from: Option<Color>,
+    to: Color,
+    window: Duration,
+) -> Option<(Color, InstanceRecord)> {
+    let now = chrono::Utc::now();
+    state.eip_holder = Some(to);
+    if let Some(r) = state.instances.get_mut(&to) {
+        r.retire_after = None;
+    }
+    let previous = from.and_then(|c| state.instances.get_mut(&c).map(|r| (c, r)));
+    let previous = previous.map(|(c, r)| {
+        r.retire_after = Some(now + window);
+        (c, r.clone())
+    });
+    state.last = Some(ReleaseEvent {
+        operation,
+        release: release.into(),
+        at: now,
+        outcome: EventOutcome::Ok,
+    });
+    previous
+}
+
 impl Deployer {
     pub fn history(&self) -> History {
         History::new(&self.clients, &self.cfg.state.bucket, &self.cfg.state.key)
     }
 
-    /// After a move: the service answers through the Elastic IP (locally: the fixed
-    /// endpoint) with `release` and `model`.
-    async fn verify_fixed(
+    /// After a cutover: the service answers with `release` (and `model`) through the
+    /// front: the fixed endpoint if one is given (locally), else each of the front's
+    /// Elastic IPs on the API port, by its own address (in production, and in the local
+    /// cloud, an address map given, whose Elastic IPs are loopback addresses that carry
+    /// traffic): `aws_eip.api`, and with `front = "nlb"` the balancer's `aws_eip.b`.
+    async fn verify_front(
         &self,
-        allocation: &str,
+        state: &State,
         release: &str,
         model: Option<&str>,
         opts: &ReleaseOptions,
     ) -> Result<(), Error> {
-        let fixed = match opts.endpoints.fixed {
-            Some(f) => f,
-            // The Elastic IP's own address, on the API port: in production, and in
-            // the local cloud (an address map given), whose Elastic IPs are loopback
-            // addresses that carry traffic.
-            None if opts.endpoints.reaches_instances() => {
-                let (ip, _) = eip_holder(&self.clients, allocation).await?;
-                let Some(ip) = ip.and_then(|i| i.parse::<IpAddr>().ok()) else {
-                    return Err(ReleaseError::NoPublicAddress {
-                        release: release.into(),
-                    }
-                    .into());
-                };
-                opts.endpoints
-                    .elastic_ip(std::net::SocketAddr::new(ip, self.cfg.api_port))
-                    .map_err(ReleaseError::from)?
-            }
-            None => {
-                tracing::warn!(
-                    "no fixed endpoint given (--fixed-endpoint): not verifying through the Elastic IP"
-                );
-                return Ok(());
-            }
+        let (front, addresses) = match self.cfg.front {
+            Front::Eip => ("the Elastic IP", &ADDRESSES[..1]),
+            Front::Nlb => ("the balancer", ADDRESSES),
         };
-        health::gate(
-            fixed,
-            release,
-            model,
-            opts.health_deadline,
-            opts.probe_interval,
-        )
-        .await
-        .map_err(|why| ReleaseError::NotVerified {
-            release: release.into(),
-            why,
-        })?;
-        tracing::info!(%fixed, "verified through the fixed address");
+        let mut targets = Vec::new();
+        if let Some(f) = opts.endpoints.fixed {
+            targets.push(f);
+        } else if opts.endpoints.reaches_instances() {
+            for addr in addresses {
+                let Some(r) = state.resources.get(*addr) else {
+                    continue;
+                };
+                targets.push(self.eip_target(&r.id, release, opts).await?);
+            }
+        } else {
+            tracing::warn!(
+                "no fixed endpoint given (--fixed-endpoint): not verifying through {front}"
+            );
+        }
+        for t in targets {
+            health::gate(t, release, model, opts.health_deadline, opts.probe_interval)
+                .await
+                .map_err(not_verified(release))?;
+            tracing::info!(target = %t, "verified through {front}");
+        }
         Ok(())
+    }
+
+    /// The probe target of the Elastic IP `allocation`: its public address on the API
+    /// port, through the address map if there is one.
+    async fn eip_target(
+        &self,
+        allocation: &str,
+        release: &str,
+        opts: &ReleaseOptions,
+    ) -> Result<health::Target, Error> {
+        let (ip, _) = eip_holder(&self.clients, allocation).await?;
+        let Some(ip) = ip.and_then(|i| i.parse::<IpAddr>().ok()) else {
+            return Err(ReleaseError::NoPublicAddress {
+                release: release.into(),
+            }
+            .into());
+        };
+        let target = opts
+            .endpoints
+            .elastic_ip(std::net::SocketAddr::new(ip, self.cfg.api_port))
+            .map_err(ReleaseError::from)?;
+        Ok(target)
     }
 
     /// The address must be where the state says (or nowhere, before the first deploy).
@@ -365,13 +427,8 @@ impl Deployer {
             at: chrono::Utc::now(),
         });
         store.write(state).await?;
-        let bound = Backoff {
-            first_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(5),
-            deadline: EC2_PROPAGATION,
-        };
         retry_while(
-            bound,
+            Backoff::INSTANCE_VISIBLE,
             |e| e.code == "InvalidInstanceID.NotFound",
             || async {
                 self.clients

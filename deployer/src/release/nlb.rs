@@ -7,19 +7,16 @@
 //! rate stays under `max_error_rate` (else the weights go back and the release is
 //! abandoned). The old colour stays registered at weight 0 for the rollback window.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::balancer::{Balancer, describe_weights};
 use super::deploy::{Run, wait_running};
-use super::{Deployed, ReleaseError, ReleaseOptions, canary, eip_holder};
-use crate::health::{self, Target};
+use super::{Deployed, ReleaseError, ReleaseOptions, canary};
+use crate::health::Target;
 use crate::instances;
-use crate::state::{Color, EventOutcome, ReleaseEvent, ReleaseOperation, State};
+use crate::state::{Color, State};
 use crate::{Deployer, Error};
-
-/// The balancer's addresses in the state: one Elastic IP per zone.
-const ADDRESSES: &[&str] = &["aws_eip.api", "aws_eip.b"];
 
 impl Run<'_> {
     /// The whole deploy behind the balancer, once the image is known.
@@ -60,7 +57,7 @@ impl Run<'_> {
         let previous = self.shift_and_record(bal).await?;
         let model = self.manifest.model_version.clone();
         self.d
-            .verify_balancer(&self.state, self.release, model.as_deref(), self.opts)
+            .verify_front(&self.state, self.release, model.as_deref(), self.opts)
             .await?;
         Ok(Deployed {
             release: self.release.into(),
@@ -118,18 +115,9 @@ impl Run<'_> {
         tracing::info!(color = %idle, instances = ?ids, "registered in the target group");
         let mut targets = Vec::new();
         for (id, ip) in ids.iter().zip(&ips) {
-            let resolve = || opts.endpoints.for_color(idle, id, *ip, port);
-            let v = health::gate_resolving(
-                resolve,
-                self.release,
-                self.manifest.model_version.as_deref(),
-                opts.health_deadline,
-                opts.probe_interval,
-            )
-            .await
-            .map_err(ReleaseError::from)?;
-            tracing::info!(instance = %id, release = %v.release, "health gate passed");
-            targets.push(resolve().map_err(ReleaseError::from)?);
+            self.gate(id, *ip).await?;
+            let target = opts.endpoints.for_color(idle, id, *ip, port);
+            targets.push(target.map_err(ReleaseError::from)?);
         }
         wait_targets_healthy(bal, idle, ids, opts).await?;
         self.d.guard_weights(&self.state, bal).await?;
@@ -194,26 +182,11 @@ impl Run<'_> {
         self.d
             .shift(&self.store, &mut self.state, bal, self.idle, 100)
             .await?;
-        let release = &mut self.state.release;
-        release.weights_moving = None;
-        release.eip_holder = Some(self.idle);
-        let previous = self
-            .active
-            .and_then(|c| release.instances.get(&c).map(|r| (c, r.ids().join(", "))));
-        if let Some(a) = self.active
-            && let Some(r) = release.instances.get_mut(&a)
-        {
-            r.retire_after = Some(chrono::Utc::now() + self.opts.rollback_window);
-        }
-        release.last = Some(ReleaseEvent {
-            operation: ReleaseOperation::Deploy,
-            release: self.release.into(),
-            at: chrono::Utc::now(),
-            outcome: EventOutcome::Ok,
-        });
+        self.state.release.weights_moving = None;
+        let previous = self.record_deployed();
         self.store.write(&mut self.state).await?;
         tracing::info!(color = %self.idle, "the listener forwards every new connection to it");
-        Ok(previous)
+        Ok(previous.map(|(c, r)| (c, r.ids().join(", "))))
     }
 
     /// A failure before the full shift: the new instances are deregistered, drained and
@@ -235,11 +208,7 @@ impl Run<'_> {
         // takes a moment to reach new connections, and open ones finish.
         let mut result = self.d.check_not_live(bal, idle).await;
         if result.is_ok() {
-            let delay = Duration::from_secs(u64::from(self.d.cfg.nlb.deregistration_delay_seconds));
-            result = self
-                .d
-                .drain(bal, idle, &ids, delay + Duration::from_secs(30))
-                .await;
+            result = self.d.drain(bal, idle, &ids).await;
         }
         if result.is_ok() {
             for m in record.iter().flat_map(|r| r.members()) {
@@ -311,59 +280,17 @@ pub(super) async fn wait_targets_healthy(
 }
 
 impl Deployer {
-    /// After a shift: every balancer address serves `release` (and `model`).
-    pub(super) async fn verify_balancer(
-        &self,
-        state: &State,
-        release: &str,
-        model: Option<&str>,
-        opts: &ReleaseOptions,
-    ) -> Result<(), Error> {
-        let mut targets = Vec::new();
-        if let Some(f) = opts.endpoints.fixed {
-            targets.push(f);
-        } else if opts.endpoints.reaches_instances() {
-            for addr in ADDRESSES {
-                let Some(r) = state.resources.get(*addr) else {
-                    continue;
-                };
-                let (ip, _) = eip_holder(&self.clients, &r.id).await?;
-                let Some(ip) = ip.and_then(|i| i.parse::<IpAddr>().ok()) else {
-                    return Err(ReleaseError::NoPublicAddress {
-                        release: release.into(),
-                    }
-                    .into());
-                };
-                targets.push(
-                    opts.endpoints
-                        .elastic_ip(SocketAddr::new(ip, self.cfg.api_port))
-                        .map_err(ReleaseError::from)?,
-                );
-            }
-        } else {
-            tracing::warn!("no fixed endpoint given: not verifying through the balancer");
-        }
-        for t in targets {
-            health::gate(t, release, model, opts.health_deadline, opts.probe_interval)
-                .await
-                .map_err(|why| ReleaseError::NotVerified {
-                    release: release.into(),
-                    why,
-                })?;
-            tracing::info!(target = %t, "verified through the balancer");
-        }
-        Ok(())
-    }
-
     /// Connection draining: `ids` leave `color`'s group and are waited for until the
-    /// group no longer lists them (its deregistration delay), at most `bound`.
+    /// group no longer lists them (its deregistration delay), at most 30 s longer than
+    /// that delay.
     pub(super) async fn drain(
         &self,
         bal: &Balancer,
         color: Color,
         ids: &[String],
-        bound: Duration,
     ) -> Result<(), Error> {
+        let delay = u64::from(self.cfg.nlb.deregistration_delay_seconds);
+        let bound = Duration::from_secs(delay + 30);
         bal.deregister(color, ids).await?;
         let start = Instant::now();
         loop {

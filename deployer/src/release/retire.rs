@@ -33,25 +33,16 @@ impl Deployer {
                 let allocation = resource_id(&state, Kind::Eip)?;
                 self.settle_eip_move(&store, &mut state, &allocation)
                     .await?;
-                let now = chrono::Utc::now();
-                let due: Vec<(Color, String)> = state
-                    .release
-                    .instances
-                    .iter()
-                    .filter(|(c, r)| {
-                        Some(**c) != state.release.eip_holder
-                            && r.retire_after.is_some_and(|t| t <= now)
-                    })
-                    .map(|(c, r)| (*c, r.instance_id.clone()))
-                    .collect();
-                for (c, id) in &due {
+                let due = due(&state);
+                for (c, r) in &due {
+                    let id = &r.instance_id;
                     tracing::info!(color = %c, instance = %id, "rollback window over: terminating");
                     self.check_not_holding(&allocation, id).await?;
                     instances::terminate(&self.clients, id, Duration::from_secs(600)).await?;
                     state.release.instances.remove(c);
                     store.write(&mut state).await?;
                 }
-                Ok(due.into_iter().map(|d| d.1).collect::<Vec<_>>())
+                Ok(due.into_iter().map(|(_, r)| r.instance_id).collect())
             })
             .await?;
         if !retired.is_empty() {
@@ -72,24 +63,12 @@ impl Deployer {
     ) -> Result<Vec<String>, Error> {
         let bal = Balancer::of(&self.clients, state)?;
         self.settle_weights(store, state, &bal).await?;
-        let now = chrono::Utc::now();
-        let due: Vec<(Color, InstanceRecord)> = state
-            .release
-            .instances
-            .iter()
-            .filter(|(c, r)| {
-                Some(**c) != state.release.eip_holder && r.retire_after.is_some_and(|t| t <= now)
-            })
-            .map(|(c, r)| (*c, r.clone()))
-            .collect();
-        let delay = Duration::from_secs(u64::from(self.cfg.nlb.deregistration_delay_seconds));
         let mut retired = Vec::new();
-        for (c, r) in due {
+        for (c, r) in due(state) {
             let ids = r.ids();
             tracing::info!(color = %c, instances = ?ids, "rollback window over: draining, then terminating");
             self.check_not_live(&bal, c).await?;
-            self.drain(&bal, c, &ids, delay + Duration::from_secs(30))
-                .await?;
+            self.drain(&bal, c, &ids).await?;
             for id in ids {
                 instances::terminate(&self.clients, &id, Duration::from_secs(600)).await?;
                 state.release.drop_instance(&id);
@@ -99,4 +78,19 @@ impl Deployer {
         }
         Ok(retired)
     }
+}
+
+/// The colours whose rollback window is over (never the live one), with their
+/// instances.
+fn due(state: &State) -> Vec<(Color, InstanceRecord)> {
+    let now = chrono::Utc::now();
+    state
+        .release
+        .instances
+        .iter()
+        .filter(|(c, r)| {
+            Some(**c) != state.release.eip_holder && r.retire_after.is_some_and(|t| t <= now)
+        })
+        .map(|(c, r)| (*c, r.clone()))
+        .collect()
 }

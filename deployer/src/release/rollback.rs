@@ -5,12 +5,14 @@ use serde_json::json;
 
 use super::Balancer;
 use super::nlb::wait_targets_healthy;
-use super::{Deployed, ReleaseError, ReleaseOptions, describe, failed, resource_id};
+use super::{
+    Deployed, ReleaseError, ReleaseOptions, describe, failed, record_cutover, resource_id,
+};
 use crate::config::Front;
 use crate::health;
 use crate::history::Entry;
 use crate::stack::Kind;
-use crate::state::{EventOutcome, ReleaseEvent, ReleaseOperation};
+use crate::state::{Color, InstanceRecord, ReleaseOperation, State, StateStore};
 use crate::{Deployer, Error, LockOptions};
 
 /// What the locked part decided.
@@ -70,72 +72,33 @@ impl Deployer {
         let allocation = resource_id(&state, Kind::Eip)?;
         self.settle_eip_move(&store, &mut state, &allocation)
             .await?;
-        let Some(active) = state.release.eip_holder else {
-            return Err(ReleaseError::NoRollback("no colour holds the Elastic IP".into()).into());
-        };
-        let prev = active.other();
-        let Some(rec) = state.release.instances.get(&prev).cloned() else {
-            return Err(ReleaseError::NoRollback(format!(
-                "the {prev} colour has no instance (its window is over); deploy the release you want instead"
-            ))
-            .into());
-        };
+        let (active, prev, rec) = previous_color(&state, "no colour holds the Elastic IP")?;
         let healthy = self
             .previous_usable(prev, &rec, &rec.instance_id, opts)
             .await?;
         if let Err(why) = healthy {
-            tracing::warn!(color = %prev, "previous colour not usable ({why}): redeploying {}", rec.release);
-            return Ok(Next::Redeploy(rec.release.clone(), why));
+            return Ok(redeploy(prev, &rec, why));
         }
         self.guard_eip(&state, &allocation).await?;
         self.move_eip(&store, &mut state, &allocation, prev, &rec.instance_id)
             .await?;
-        let current = state
-            .release
-            .instances
-            .get(&active)
-            .map(|r| r.instance_id.clone());
-        state.release.eip_holder = Some(prev);
         state.release.eip_moving = None;
-        if let Some(r) = state.release.instances.get_mut(&prev) {
-            r.retire_after = None;
-        }
-        if let Some(r) = state.release.instances.get_mut(&active) {
-            r.retire_after = Some(chrono::Utc::now() + opts.rollback_window);
-        }
-        state.release.last = Some(ReleaseEvent {
-            operation: ReleaseOperation::Rollback,
-            release: rec.release.clone(),
-            at: chrono::Utc::now(),
-            outcome: EventOutcome::Ok,
-        });
-        store.write(&mut state).await?;
-        self.verify_fixed(
-            &allocation,
-            &rec.release,
-            rec.model_version.as_deref(),
-            opts,
-        )
+        let done = record_rollback(&store, &mut state, active, prev, &rec, opts, |r| {
+            r.instance_id.clone()
+        })
         .await?;
-        Ok(Next::Done(Deployed {
-            release: rec.release,
-            color: prev,
-            instance_id: rec.instance_id,
-            previous: current.map(|c| (active, c)),
-            retired: Vec::new(),
-        }))
+        self.verify_front(&state, &rec.release, rec.model_version.as_deref(), opts)
+            .await?;
+        Ok(Next::Done(done))
     }
 
-    /// `front = "nlb"`: every new connection back to the previous colour if all its
-    /// instances are alive and healthy (by its target group and by the probes), else a
-    /// redeploy of its release.
     /// Whether instance `id` of the previous colour `prev` (running `rec`'s release)
     /// can take the traffic back: running, and passing the health gate. `Ok(Err(why))`
     /// when it cannot; `Err` when AWS could not be asked.
     async fn previous_usable(
         &self,
-        prev: crate::state::Color,
-        rec: &crate::state::InstanceRecord,
+        prev: Color,
+        rec: &InstanceRecord,
         id: &str,
         opts: &ReleaseOptions,
     ) -> Result<Result<(), String>, Error> {
@@ -161,21 +124,15 @@ impl Deployer {
         })
     }
 
+    /// `front = "nlb"`: every new connection back to the previous colour if all its
+    /// instances are alive and healthy (by its target group and by the probes), else a
+    /// redeploy of its release.
     async fn rollback_nlb(&self, opts: &ReleaseOptions) -> Result<Next, Error> {
         let store = self.store();
         let mut state = store.read(&self.cfg.app).await?;
         let bal = Balancer::of(&self.clients, &state)?;
         self.settle_weights(&store, &mut state, &bal).await?;
-        let Some(active) = state.release.eip_holder else {
-            return Err(ReleaseError::NoRollback("no colour is live".into()).into());
-        };
-        let prev = active.other();
-        let Some(rec) = state.release.instances.get(&prev).cloned() else {
-            return Err(ReleaseError::NoRollback(format!(
-                "the {prev} colour has no instance (its window is over); deploy the release you want instead"
-            ))
-            .into());
-        };
+        let (active, prev, rec) = previous_color(&state, "no colour is live")?;
         let mut why = None;
         for id in rec.ids() {
             let healthy = self.previous_usable(prev, &rec, &id, opts).await?;
@@ -190,39 +147,70 @@ impl Deployer {
             why = Some(e.to_string());
         }
         if let Some(why) = why {
-            tracing::warn!(color = %prev, "previous colour not usable ({why}): redeploying {}", rec.release);
-            return Ok(Next::Redeploy(rec.release.clone(), why));
+            return Ok(redeploy(prev, &rec, why));
         }
         self.guard_weights(&state, &bal).await?;
         self.shift(&store, &mut state, &bal, prev, 100).await?;
-        let current = state
-            .release
-            .instances
-            .get(&active)
-            .map(|r| r.ids().join(", "));
-        state.release.eip_holder = Some(prev);
         state.release.weights_moving = None;
-        if let Some(r) = state.release.instances.get_mut(&prev) {
-            r.retire_after = None;
-        }
-        if let Some(r) = state.release.instances.get_mut(&active) {
-            r.retire_after = Some(chrono::Utc::now() + opts.rollback_window);
-        }
-        state.release.last = Some(ReleaseEvent {
-            operation: ReleaseOperation::Rollback,
-            release: rec.release.clone(),
-            at: chrono::Utc::now(),
-            outcome: EventOutcome::Ok,
-        });
-        store.write(&mut state).await?;
-        self.verify_balancer(&state, &rec.release, rec.model_version.as_deref(), opts)
+        let done = record_rollback(&store, &mut state, active, prev, &rec, opts, |r| {
+            r.ids().join(", ")
+        })
+        .await?;
+        self.verify_front(&state, &rec.release, rec.model_version.as_deref(), opts)
             .await?;
-        Ok(Next::Done(Deployed {
-            release: rec.release.clone(),
-            color: prev,
-            instance_id: rec.ids().join(", "),
-            previous: current.map(|c| (active, c)),
-            retired: Vec::new(),
-        }))
+        Ok(Next::Done(done))
     }
+}
+
+/// The live colour, the previous one and its record; `NoRollback` when no colour is
+/// live (`none_live` says so) or the previous one has no instance left.
+fn previous_color(state: &State, none_live: &str) -> Result<(Color, Color, InstanceRecord), Error> {
+    let Some(active) = state.release.eip_holder else {
+        return Err(ReleaseError::NoRollback(none_live.into()).into());
+    };
+    let prev = active.other();
+    let Some(rec) = state.release.instances.get(&prev).cloned() else {
+        return Err(ReleaseError::NoRollback(format!(
+            "the {prev} colour has no instance (its window is over); deploy the release you want instead"
+        ))
+        .into());
+    };
+    Ok((active, prev, rec))
+}
+
+/// The previous colour `prev` cannot take the traffic back (`why`): its release is
+/// deployed again.
+fn redeploy(prev: Color, rec: &InstanceRecord, why: String) -> Next {
+    tracing::warn!(color = %prev, "previous colour not usable ({why}): redeploying {}", rec.release);
+    Next::Redeploy(rec.release.clone(), why)
+}
+
+/// The rollback recorded once the traffic is back on `prev` (its intent cleared):
+/// `active` is kept for the window and the state written. Returns what to report,
+/// each colour's instances named by `names`.
+async fn record_rollback(
+    store: &StateStore,
+    state: &mut State,
+    active: Color,
+    prev: Color,
+    rec: &InstanceRecord,
+    opts: &ReleaseOptions,
+    names: fn(&InstanceRecord) -> String,
+) -> Result<Deployed, Error> {
+    let previous = record_cutover(
+        &mut state.release,
+        ReleaseOperation::Rollback,
+        &rec.release,
+        Some(active),
+        prev,
+        opts.rollback_window,
+    );
+    store.write(state).await?;
+    Ok(Deployed {
+        release: rec.release.clone(),
+        color: prev,
+        instance_id: names(rec),
+        previous: previous.map(|(c, r)| (c, names(&r))),
+        retired: Vec::new(),
+    })
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use aws_sdk_ec2::types::{DomainType, ResourceType};
 
 use super::{Actual, Attr, Ids, Kind, Known, Resource, Stack, Want, created_id, str_value, tags};
-use crate::aws::{AwsError, Backoff, delete_bound, or_absent, retry_logged};
+use crate::aws::{AwsError, Backoff, delete_bound, or_absent, retry_while};
 use crate::config::{Config, Front};
 
 pub(super) struct Eip;
@@ -120,8 +120,8 @@ async fn delete(s: &Stack<'_>, kind: Kind, id: &str) -> Result<(), AwsError> {
     {
         let ec2 = &s.clients.ec2;
         let addr = &kind.address();
-        retry_logged(
-            Backoff::for_at_most(delete_bound::EIP),
+        retry_while(
+            Backoff::for_at_most(delete_bound::EIP).logged(),
             |e| e.code == "InvalidIPAddress.InUse",
             || async {
                 // AWS refuses to release an associated address: disassociate first.

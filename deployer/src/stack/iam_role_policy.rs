@@ -9,7 +9,7 @@ use super::iam_role::role_name;
 use super::policy::{artifact_read_policy, policy_json};
 use super::{Actual, Attr, Change, Ids, Kind, Known, Resource, Stack, Want, parent_id};
 use crate::aws::{
-    AwsError, Backoff, IAM_PROPAGATION, or_absent, retry_logged, role_not_yet_visible,
+    AwsError, Backoff, IAM_PROPAGATION, or_absent, retry_while, role_not_yet_visible,
 };
 use crate::config::Config;
 
@@ -66,8 +66,8 @@ impl Resource for IamRolePolicy {
     async fn create(&self, s: &Stack<'_>, ids: &Ids) -> Result<String, AwsError> {
         let role = parent_id(ids, KIND, Kind::IamRole)?;
         // A role created a moment ago can be unknown to IAM for a while.
-        retry_logged(
-            Backoff::for_at_most(IAM_PROPAGATION),
+        retry_while(
+            Backoff::for_at_most(IAM_PROPAGATION).logged(),
             role_not_yet_visible,
             || async {
                 s.clients

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::iam_role::role_name;
 use super::{Actual, Attr, Change, Ids, Kind, Known, Resource, Stack, Want, parent_id, tags};
 use crate::aws::{
-    AwsError, Backoff, IAM_PROPAGATION, code_of, or_absent, retry_logged, role_not_yet_visible,
+    AwsError, Backoff, IAM_PROPAGATION, code_of, or_absent, retry_while, role_not_yet_visible,
 };
 use crate::config::Config;
 
@@ -77,8 +77,8 @@ impl Resource for InstanceProfile {
         // IAM is eventually consistent: a role created a moment ago can be unknown
         // (NoSuchEntity) to the call that names it (terraform-provider-aws retries the
         // same for its propagation timeout).
-        retry_logged(
-            Backoff::for_at_most(IAM_PROPAGATION),
+        retry_while(
+            Backoff::for_at_most(IAM_PROPAGATION).logged(),
             role_not_yet_visible,
             || async {
                 iam.add_role_to_instance_profile()

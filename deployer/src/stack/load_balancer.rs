@@ -34,7 +34,7 @@ use super::{
 };
 use crate::aws::{
     AwsError, Backoff, LOAD_BALANCER_ACTIVE, delete_bound, has_code, or_absent, poll_until_some,
-    retry_logged,
+    retry_while,
 };
 use crate::config::{Config, Front};
 
@@ -411,8 +411,8 @@ pub(super) async fn move_fixed_address(
     // Every mapping, the existing ones included (SetSubnets replaces the list). A
     // disassociation can take a moment to be seen: "already associated" is retried.
     let all: Vec<SubnetMapping> = wanted.iter().map(|(s, a)| mapping(s, a)).collect();
-    retry_logged(
-        Backoff::for_at_most(Duration::from_secs(2 * 60)),
+    retry_while(
+        Backoff::for_at_most(Duration::from_secs(2 * 60)).logged(),
         |e| has_code(e, &["InvalidConfigurationRequest"]) && e.message.contains("associated"),
         || async {
             elb.set_subnets()

@@ -87,7 +87,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 
-use crate::aws::{AwsError, Backoff, Clients, has_code, or_absent, retry_logged};
+use crate::aws::{AwsError, Backoff, Clients, has_code, or_absent, retry_while};
 use crate::config::{Config, Front};
 use crate::state::Color;
 use snapshot::Snapshot;
@@ -322,8 +322,8 @@ where
     E: ProvideErrorMetadata + std::error::Error,
 {
     let addr = kind.address();
-    retry_logged(
-        Backoff::for_at_most(bound),
+    retry_while(
+        Backoff::for_at_most(bound).logged(),
         |e| has_code(e, codes),
         || {
             let answer = call();

@@ -17,7 +17,7 @@ use super::{
     Actual, Attr, Change, Ids, Kind, Known, Resource, Stack, Want, created_id, delete_while,
     parent_id, str_value, tags,
 };
-use crate::aws::{AwsError, Backoff, EC2_PROPAGATION, delete_bound, poll_until_some, retry_logged};
+use crate::aws::{AwsError, Backoff, EC2_PROPAGATION, delete_bound, poll_until_some, retry_while};
 use crate::config::Config;
 
 const KIND: Kind = Kind::SecurityGroup;
@@ -165,9 +165,9 @@ async fn set_ingress(
         .collect();
     // A group created a moment ago can still be unknown here.
     let not_yet = |e: &AwsError| e.code == "InvalidGroup.NotFound";
-    let bound = Backoff::for_at_most(EC2_PROPAGATION);
+    let bound = Backoff::for_at_most(EC2_PROPAGATION).logged();
     if !extra.is_empty() {
-        retry_logged(bound, not_yet, || async {
+        retry_while(bound, not_yet, || async {
             s.clients
                 .ec2
                 .revoke_security_group_ingress()
@@ -180,7 +180,7 @@ async fn set_ingress(
         .await?;
     }
     if !missing.is_empty() {
-        retry_logged(bound, not_yet, || async {
+        retry_while(bound, not_yet, || async {
             s.clients
                 .ec2
                 .authorize_security_group_ingress()
