@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::plan::{Action, Change, Plan, render};
+use crate::plan::{Action, Change, Plan, counts, render};
 
 /// GitHub refuses comment bodies longer than this (characters).
 pub const COMMENT_LIMIT: usize = 65_536;
@@ -108,18 +108,14 @@ pub fn render_comment(plan: &Plan, commit: Option<&str>) -> String {
     let _ = writeln!(head, "{}", marker(&plan.app));
     let _ = writeln!(head, "### deployer plan: `{}`\n", plan.app);
     if plan.has_changes() {
-        let _ = writeln!(
-            head,
-            "**Plan: {} to add, {} to change, {} to destroy{}.**\n",
-            s.add,
-            s.change,
-            s.destroy,
-            if s.adopt > 0 {
-                format!(", {} to record in the state", s.adopt)
-            } else {
-                String::new()
-            }
-        );
+        let n = [s.add, s.change, s.destroy, s.adopt];
+        let words = [
+            "to add",
+            "to change",
+            "to destroy",
+            "to record in the state",
+        ];
+        let _ = writeln!(head, "**Plan: {}.**\n", counts(n, words));
     } else {
         head.push_str("**No changes.** The infrastructure matches the configuration.\n\n");
     }

@@ -4,7 +4,7 @@
 mod notes;
 mod render;
 
-pub use render::render;
+pub use render::{counts, render};
 
 use std::collections::BTreeMap;
 

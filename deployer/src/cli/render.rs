@@ -7,7 +7,7 @@ use deployer::cert::CertificateView;
 use deployer::config::{Config, LockBackend};
 use deployer::engine::Applied;
 use deployer::init::InitReport;
-use deployer::plan::Operation;
+use deployer::plan::{Operation, counts};
 use deployer::release::Deployed;
 
 /// `init`'s one line.
@@ -95,18 +95,11 @@ impl fmt::Display for AppliedSummary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let a = self.applied;
         match self.operation {
-            Operation::Apply => write!(
-                f,
-                "\nApply complete! Resources: {} added, {} changed, {} destroyed{}.",
-                a.added,
-                a.changed,
-                a.destroyed,
-                if a.adopted > 0 {
-                    format!(", {} recorded from tags", a.adopted)
-                } else {
-                    String::new()
-                }
-            ),
+            Operation::Apply => {
+                let n = [a.added, a.changed, a.destroyed, a.adopted];
+                let words = ["added", "changed", "destroyed", "recorded from tags"];
+                write!(f, "\nApply complete! Resources: {}.", counts(n, words))
+            }
             Operation::Destroy => {
                 write!(
                     f,

@@ -16,6 +16,20 @@ fn show(v: &Option<Value>, unknown: bool) -> String {
     }
 }
 
+/// Counts of changes as one phrase in `words` (add, change, destroy, record):
+/// `3 to add, 1 to change, 0 to destroy, 2 to record in the state`, the last part only
+/// when something is recorded. The plan's PR comment and `apply`'s closing line.
+pub fn counts(n: [usize; 4], words: [&str; 4]) -> String {
+    let mut out = format!(
+        "{} {}, {} {}, {} {}",
+        n[0], words[0], n[1], words[1], n[2], words[2]
+    );
+    if n[3] > 0 {
+        let _ = write!(out, ", {} {}", n[3], words[3]);
+    }
+    out
+}
+
 /// The plan in Terraform's words.
 pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
