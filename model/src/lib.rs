@@ -31,7 +31,7 @@ mod time;
 pub use artifact::{Artifact, ArtifactError, ArtifactFiles, ArtifactSpec, Fingerprint, Manifest};
 pub use classifier::{Classifier, Family, ParamsError};
 pub use features::{EncodeError, FeatureEncoding, Features};
-pub use location::{Location, LocationError};
+pub use location::{Location, LocationError, S3Error};
 
 /// A model that can score: encoding + classifier + decision threshold.
 #[derive(Debug, Clone, PartialEq)]

@@ -60,6 +60,27 @@ impl fmt::Display for Location {
     }
 }
 
+/// An S3 object that could not be read or written: `s3://BUCKET/KEY: what went wrong`
+/// (training's model store and the server's model fetcher report S3 failures with it;
+/// the S3 calls themselves are theirs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("s3://{bucket}/{key}: {message}")]
+pub struct S3Error {
+    pub bucket: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl S3Error {
+    pub fn new(bucket: &str, key: &str, message: String) -> S3Error {
+        S3Error {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            message,
+        }
+    }
+}
+
 /// The S3 key of `name` under `prefix` (no leading `/` when the prefix is empty).
 pub fn key(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {

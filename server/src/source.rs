@@ -12,7 +12,7 @@
 
 use model::artifact::{self, CHECKSUMS_FILE, LATEST_FILE};
 use model::location::key;
-use model::{Artifact, ArtifactError, ArtifactFiles, Location, LocationError};
+use model::{Artifact, ArtifactError, ArtifactFiles, Location, LocationError, S3Error};
 
 /// A parsed `--model` value: where the artifacts are, and a pinned version or `latest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,12 +32,8 @@ pub enum SourceError {
     },
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
-    #[error("s3://{bucket}/{key}: {message}")]
-    S3 {
-        bucket: String,
-        key: String,
-        message: String,
-    },
+    #[error(transparent)]
+    S3(#[from] S3Error),
     #[error("loading task failed: {0}")]
     Join(String),
 }
@@ -117,11 +113,7 @@ pub(crate) async fn s3_client() -> aws_sdk_s3::Client {
 }
 
 async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, SourceError> {
-    let err = |message: String| SourceError::S3 {
-        bucket: bucket.to_string(),
-        key: key.to_string(),
-        message,
-    };
+    let err = |message: String| SourceError::S3(S3Error::new(bucket, key, message));
     let out = client
         .get_object()
         .bucket(bucket)

@@ -28,7 +28,7 @@ pub mod store;
 
 use std::time::Instant;
 
-use model::{ArtifactError, EncodeError, FeatureEncoding, Model};
+use model::{ArtifactError, EncodeError, FeatureEncoding, Model, S3Error};
 use ndarray::Array2;
 use rand::{SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
 use sqlx::postgres::PgPool;
@@ -73,12 +73,8 @@ pub enum TrainError {
     Encode(#[from] EncodeError),
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
-    #[error("s3://{bucket}/{key}: {message}")]
-    S3 {
-        bucket: String,
-        key: String,
-        message: String,
-    },
+    #[error(transparent)]
+    S3(#[from] S3Error),
     #[error(
         "the current latest model {version} cannot be compared against: {reason} (use --force to promote anyway)"
     )]

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use model::artifact::{self, CHECKSUMS_FILE, LATEST_FILE};
 use model::location::key;
-use model::{Artifact, ArtifactError, ArtifactFiles, Location};
+use model::{Artifact, ArtifactError, ArtifactFiles, Location, S3Error};
 
 use super::TrainError;
 use crate::etl::source::{s3_client, sdk_config_from_env};
@@ -42,11 +42,7 @@ impl Store {
     }
 
     fn s3_err(bucket: &str, key: &str, message: String) -> TrainError {
-        TrainError::S3 {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            message,
-        }
+        S3Error::new(bucket, key, message).into()
     }
 
     fn client(&self, bucket: &str, key: &str) -> Result<&aws_sdk_s3::Client, TrainError> {
