@@ -188,21 +188,16 @@ impl Tree {
     pub(crate) fn leaf_value(&self, row: &[f64]) -> f64 {
         let mut i = 0;
         loop {
-            match &self.nodes[i] {
+            i = match &self.nodes[i] {
                 Node::Leaf { value } => return *value,
                 Node::Split {
                     feature,
                     threshold,
                     left,
-                    right,
-                } => {
-                    i = if row[*feature] <= *threshold {
-                        *left
-                    } else {
-                        *right
-                    };
-                }
-            }
+                    ..
+                } if row[*feature] <= *threshold => *left,
+                Node::Split { right, .. } => *right,
+            };
         }
     }
 }
