@@ -8,8 +8,9 @@ use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::{CheckResult, SqlCheck};
 
-/// (table, check) of the checks the combined query answers, in its column order.
-const COMBINED: [(&str, &str); 5] = [
+/// (table, check) of the history and relationship checks a customer load answers
+/// together (from the rows it streamed, or as one query), in the query's column order.
+pub const HISTORY_CHECKS: [(&str, &str); 5] = [
     ("customer_activity", "no_overlapping_periods"),
     ("customer_activity", "at_most_one_current_row"),
     (
@@ -40,14 +41,14 @@ impl CustomerTables<'static> {
 /// A failing count and a sample (a JSON array of rows) for one check.
 pub(super) type Answer = (i64, serde_json::Value);
 
-/// The checks of [`COMBINED`] taken out of a list, in its order (`None`: not asked for).
+/// The checks of [`HISTORY_CHECKS`] taken out of a list, in its order (`None`: not asked for).
 pub(super) struct Taken(Vec<Option<SqlCheck>>);
 
 /// Takes the checks the combined query answers out of `checks`.
 pub(super) fn take_combined(checks: &mut Vec<SqlCheck>) -> Taken {
-    let mut taken: Vec<Option<SqlCheck>> = vec![None; COMBINED.len()];
+    let mut taken: Vec<Option<SqlCheck>> = vec![None; HISTORY_CHECKS.len()];
     checks.retain(|c| {
-        match COMBINED
+        match HISTORY_CHECKS
             .iter()
             .position(|(t, n)| *t == c.table && *n == c.name)
         {
@@ -62,8 +63,8 @@ pub(super) fn take_combined(checks: &mut Vec<SqlCheck>) -> Taken {
 }
 
 impl Taken {
-    /// The results of the checks taken, from the answers in [`COMBINED`]'s order.
-    pub(super) fn answer(self, answers: [Answer; COMBINED.len()]) -> Vec<CheckResult> {
+    /// The results of the checks taken, from the answers in [`HISTORY_CHECKS`]'s order.
+    pub(super) fn answer(self, answers: [Answer; HISTORY_CHECKS.len()]) -> Vec<CheckResult> {
         self.0
             .into_iter()
             .zip(answers)

@@ -26,7 +26,7 @@ mod history;
 use checks::ROW_COUNT;
 pub use checks::{all_checks, customer_checks, feature_checks, sales_checks, store_checks};
 pub use facts::{FileFacts, history_from_facts};
-pub use history::{CustomerTables, run_history_checks};
+pub use history::{CustomerTables, HISTORY_CHECKS, run_history_checks};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
