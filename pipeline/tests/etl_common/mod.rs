@@ -86,6 +86,13 @@ impl Bucket {
             .to_vec()
     }
 
+    /// A new bucket ([`Bucket::new`]) holding a generated dataset ([`Bucket::generate`]).
+    pub async fn generated(prefix: &str, customers: u64, months: u32, seed: u64) -> Bucket {
+        let bucket = Bucket::new(prefix).await;
+        bucket.generate(customers, months, seed).await;
+        bucket
+    }
+
     /// Generates a dataset into this bucket.
     pub async fn generate(
         &self,
