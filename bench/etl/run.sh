@@ -15,7 +15,7 @@
 #                                               #   ETL_BENCH_ROUNDS_LARGE, default 1)
 #   PROFILE=dev bench/etl/run.sh                # quicker to build, slower to run
 #   PIPELINE_BIN=path/to/pipeline bench/etl/run.sh  # no build
-#   ETL_BENCH_ENV="MALLOC_MMAP_THRESHOLD_=131072" bench/etl/run.sh  # the pipeline's environment
+#   ETL_BENCH_ENV="GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576" bench/etl/run.sh  # the pipeline's environment
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 profile="${PROFILE:-release}"
