@@ -161,39 +161,49 @@ fn non_empty(column: &'static str) -> Rule {
 
 const I32_MAX: i64 = i32::MAX as i64;
 
+/// A file whose first column `idx` (a non-negative integer) identifies its rows,
+/// followed by `columns`, checked by `rules` after `idx`'s range.
+fn keyed_by_idx(
+    file: impl Into<String>,
+    table: &'static str,
+    columns: Vec<Column>,
+    rules: Vec<Rule>,
+) -> FileSpec {
+    FileSpec {
+        file: file.into(),
+        table,
+        key: vec!["idx"],
+        columns: [vec![col_("idx", Kind::Int)], columns].concat(),
+        rules: [vec![int_range("idx", 0, i64::MAX, Severity::Error)], rules].concat(),
+    }
+}
+
 /// `customer_profiles.csv`: `idx,attr_a,attr_b,attr_c`.
 pub fn customer_profiles() -> FileSpec {
-    FileSpec {
-        file: "customer_profiles.csv".into(),
-        table: "customer_profiles",
-        key: vec!["idx"],
-        columns: vec![
-            col_("idx", Kind::Int),
+    keyed_by_idx(
+        "customer_profiles.csv",
+        "customer_profiles",
+        vec![
             col_("attr_a", Kind::Int),
             col_("attr_b", Kind::Text),
             col_("attr_c", Kind::Text),
         ],
-        rules: vec![
-            int_range("idx", 0, i64::MAX, Severity::Error),
+        vec![
             int_range("attr_a", 1, 5, Severity::Error),
             accepted("attr_b", &["a", "b", "c", "d"], Severity::Error),
             accepted("attr_c", &["yes", "no"], Severity::Error),
         ],
-    }
+    )
 }
 
 /// `labels.csv`: `idx,label`.
 pub fn labels() -> FileSpec {
-    FileSpec {
-        file: "labels.csv".into(),
-        table: "labels",
-        key: vec!["idx"],
-        columns: vec![col_("idx", Kind::Int), col_("label", Kind::Int)],
-        rules: vec![
-            int_range("idx", 0, i64::MAX, Severity::Error),
-            accepted("label", &[0i64, 1], Severity::Error),
-        ],
-    }
+    keyed_by_idx(
+        "labels.csv",
+        "labels",
+        vec![col_("label", Kind::Int)],
+        vec![accepted("label", &[0i64, 1], Severity::Error)],
+    )
 }
 
 /// `customer_activity.csv`: `idx,valid_from,valid_to,scd_a,scd_b`, type-2 history; an
@@ -256,18 +266,15 @@ pub fn sales(month: Month) -> FileSpec {
     let first = (month.first_day() - epoch).num_days() as i32;
     let next = (month.next().first_day() - epoch).num_days() as i32;
     let day = || col("date").cast(DataType::Int32);
-    FileSpec {
-        file: month.sales_file(),
-        table: "sales",
-        key: vec!["idx"],
-        columns: vec![
-            col_("idx", Kind::Int),
+    keyed_by_idx(
+        month.sales_file(),
+        "sales",
+        vec![
             col_("value", Kind::Float),
             col_("date", Kind::Date),
             col_("store_idx", Kind::Int),
         ],
-        rules: vec![
-            int_range("idx", 0, i64::MAX, Severity::Error),
+        vec![
             finite("value"),
             float_range("value", 0.0, 10.0, Severity::Warn),
             Rule {
@@ -282,5 +289,5 @@ pub fn sales(month: Month) -> FileSpec {
             },
             int_range("store_idx", 1, I32_MAX, Severity::Error),
         ],
-    }
+    )
 }
