@@ -325,7 +325,8 @@ pub fn diff(cfg: &Config, state: &State, observed: &[Observed]) -> Plan {
                         Attr::Unknown => true,
                     };
                     if differs {
-                        replace |= w.force_new;
+                        let forces = w.forces_new(before.as_ref());
+                        replace |= forces;
                         attrs.push(AttrChange {
                             name: w.name.to_string(),
                             before,
@@ -334,7 +335,7 @@ pub fn diff(cfg: &Config, state: &State, observed: &[Observed]) -> Plan {
                                 Attr::Unknown => None,
                             },
                             after_unknown: w.value == Attr::Unknown,
-                            forces_replacement: w.force_new,
+                            forces_replacement: forces,
                         });
                     }
                 }

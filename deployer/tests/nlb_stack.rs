@@ -301,6 +301,71 @@ async fn apply_builds_the_balancer_and_a_no_op_plan_after_it_is_empty_and_reads_
     );
 }
 
+/// A balancer's mapping cannot change its subnet or address in place (AWS refuses):
+/// moving the second zone's subnet plans the balancer's replacement, "forces
+/// replacement" on its mappings, and the apply replaces it (and what hangs off it) in
+/// dependency order: the new balancer maps the new subnet with the same Elastic IP,
+/// the old one is gone, and the next plan is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_second_subnet_replaces_the_balancer() {
+    let s = setup_with(private(), &[nlb()]);
+    s.ok(&["init"]);
+    s.ok(&["apply", "--auto-approve"]);
+    let before = s.deployer().await.read_state().await.unwrap();
+
+    let text = std::fs::read_to_string(&s.config_path).unwrap();
+    let mut doc: toml::Table = toml::from_str(&text).unwrap();
+    doc.entry("nlb".to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .unwrap()
+        .insert("subnet_b_cidr".into(), "10.42.3.0/24".into());
+    std::fs::write(&s.config_path, toml::to_string(&doc).unwrap()).unwrap();
+
+    let plan = s.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    for addr in ["aws_subnet.b", "aws_lb.api"] {
+        assert!(
+            plan.stdout.contains(&format!("# {addr} must be replaced")),
+            "{addr}:\n{}",
+            plan.stdout
+        );
+    }
+    assert!(
+        plan.stdout
+            .contains("-> (known after apply) # forces replacement"),
+        "{}",
+        plan.stdout
+    );
+    s.ok(&["apply", "--auto-approve"]);
+    let after = s.deployer().await.read_state().await.unwrap();
+    let lb = id(&after, "aws_lb.api");
+    assert_ne!(lb, id(&before, "aws_lb.api"), "a new balancer");
+    assert_ne!(id(&after, "aws_subnet.b"), id(&before, "aws_subnet.b"));
+    assert_eq!(id(&after, "aws_eip.b"), id(&before, "aws_eip.b"));
+    let (maps, _) = mappings(&s, &lb).await;
+    let want: BTreeSet<(String, String)> = [
+        (id(&after, "aws_subnet.main"), id(&after, "aws_eip.api")),
+        (id(&after, "aws_subnet.b"), id(&after, "aws_eip.b")),
+    ]
+    .into();
+    assert_eq!(maps, want);
+    let c = s.clients().await;
+    let old = c
+        .elb
+        .describe_load_balancers()
+        .load_balancer_arns(id(&before, "aws_lb.api"))
+        .send()
+        .await;
+    assert!(
+        old.map(|o| o.load_balancers().is_empty()).unwrap_or(true),
+        "the old balancer is deleted"
+    );
+    let again = s.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    s.ok(&["destroy", "--auto-approve"]);
+}
+
 /// Rewrites `app`'s configuration with `front` set to `front`.
 fn with_front(app: &CloudApp, front: &str) -> CloudApp {
     let s = &app.s;

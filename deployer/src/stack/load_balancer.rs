@@ -75,13 +75,14 @@ impl Resource for LoadBalancer {
             Want::replace("name", Attr::text(&lb_name(cfg))),
             Want::replace("type", Attr::text("network")),
             Want::replace("scheme", Attr::text("internet-facing")),
-            Want::in_place(
+            Want::in_place_when(
                 "subnet_mappings",
                 if all_known {
                     Attr::Known(Value::Object(mappings))
                 } else {
                     Attr::Unknown
                 },
+                only_adds_mappings,
             ),
         ]
     }
@@ -214,6 +215,20 @@ impl Resource for LoadBalancer {
 }
 
 /// "ELB net/<name>/<id>": the description of the balancer `arn`'s interfaces.
+/// A network load balancer's mappings change in place only by gaining subnets
+/// (`SetSubnets`, as when the fixed address moves onto it): AWS cannot give an
+/// existing mapping another Elastic IP or drop a zone, so any other change, or one
+/// whose values are not known yet (a replaced subnet or address), replaces the
+/// balancer (as terraform-provider-aws's CustomizeDiff for `subnet_mapping` does).
+fn only_adds_mappings(before: &Value, after: &Attr) -> bool {
+    let (Some(before), Attr::Known(Value::Object(after))) = (before.as_object(), after) else {
+        return false;
+    };
+    before
+        .iter()
+        .all(|(subnet, alloc)| after.get(subnet) == Some(alloc))
+}
+
 fn interface_description(cfg: &Config, arn: &str) -> String {
     let id = arn.rsplit('/').next().unwrap_or_default();
     format!("ELB net/{}/{id}", lb_name(cfg))

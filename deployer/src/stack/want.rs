@@ -44,6 +44,9 @@ pub struct Want {
     pub value: Attr,
     /// A change can only be made by replacing the resource.
     pub force_new: bool,
+    /// Updated in place only when this holds of (the value read, the wanted value);
+    /// any other change replaces the resource.
+    in_place_when: Option<fn(&Value, &Attr) -> bool>,
 }
 
 impl Want {
@@ -53,6 +56,7 @@ impl Want {
             name,
             value,
             force_new: true,
+            in_place_when: None,
         }
     }
 
@@ -62,7 +66,32 @@ impl Want {
             name,
             value,
             force_new: false,
+            in_place_when: None,
         }
+    }
+
+    /// An attribute updated in place for the changes `can` accepts (given the value
+    /// read and the wanted one), replaced for any other.
+    pub(super) fn in_place_when(
+        name: &'static str,
+        value: Attr,
+        can: fn(&Value, &Attr) -> bool,
+    ) -> Want {
+        Want {
+            name,
+            value,
+            force_new: false,
+            in_place_when: Some(can),
+        }
+    }
+
+    /// Whether changing this attribute from `before` (as read) replaces the resource.
+    pub fn forces_new(&self, before: Option<&Value>) -> bool {
+        self.force_new
+            || match (self.in_place_when, before) {
+                (Some(can), Some(b)) => !can(b, &self.value),
+                _ => false,
+            }
     }
 }
 
