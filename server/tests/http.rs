@@ -222,6 +222,16 @@ fn operator_endpoints() {
     ] {
         assert!(doc["paths"].get(p).is_some(), "openapi lacks {p}");
     }
+    // Every status the scoring routes answer is documented (500: a model that cannot
+    // score a valid instance, see the NaN-model tests).
+    for p in ["/predict", "/predict/batch"] {
+        for code in ["200", "400", "413", "422", "500", "503"] {
+            assert!(
+                doc["paths"][p]["post"]["responses"].get(code).is_some(),
+                "openapi lacks {code} for {p}"
+            );
+        }
+    }
 
     s.post("/predict", ORIGINAL);
     s.get("/nope");
