@@ -131,7 +131,7 @@ pub async fn apply(
         fault_point(&format!("before-delete:{}", change.address)).await;
         tracing::info!("{}: destroying... [id={id}]", change.address);
         if change.resource_type == "aws_instance" {
-            instances::terminate(stack.clients, &id, Duration::from_secs(600)).await?;
+            instances::terminate(stack.clients, &id, instances::TERMINATED_WITHIN).await?;
             state.release.drop_instance(&id);
         } else if let Some(kind) = Kind::from_address(&change.address) {
             stack.delete(kind, &id).await?;

@@ -358,6 +358,11 @@ pub async fn find_instances(clients: &Clients, cfg: &Config) -> Result<Vec<Found
     Ok(found)
 }
 
+/// How long a termination is waited for before it is an error: an instance's
+/// shutdown runs its stop hooks and can take minutes (terraform-provider-aws gives
+/// `aws_instance` 20 min to delete; ours are small and stateless).
+pub const TERMINATED_WITHIN: Duration = Duration::from_secs(600);
+
 /// Terminates `id` and waits (up to `wait`) until EC2 reports it terminated (or no
 /// longer knows it): the caller drops its record only after this returns. An instance
 /// EC2 does not know is already gone.

@@ -133,7 +133,7 @@ impl Run<'_> {
                 &self.d.clients,
                 &old.instance_id,
                 Some(old.launched_at),
-                Duration::from_secs(600),
+                instances::TERMINATED_WITHIN,
             )
             .await?;
             self.state.release.instances.remove(&idle);
@@ -293,7 +293,7 @@ impl Run<'_> {
                 &self.d.clients,
                 &id,
                 launched_at,
-                Duration::from_secs(600),
+                instances::TERMINATED_WITHIN,
             )
             .await
             .map_err(Error::from),

@@ -92,7 +92,7 @@ impl Run<'_> {
                 &self.d.clients,
                 &m.instance_id,
                 Some(m.launched_at),
-                Duration::from_secs(600),
+                instances::TERMINATED_WITHIN,
             )
             .await?;
             self.state.release.drop_instance(&m.instance_id);
@@ -216,7 +216,7 @@ impl Run<'_> {
                     &self.d.clients,
                     &m.instance_id,
                     Some(m.launched_at),
-                    Duration::from_secs(600),
+                    instances::TERMINATED_WITHIN,
                 )
                 .await;
                 if let Err(e) = t {

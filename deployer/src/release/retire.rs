@@ -38,7 +38,7 @@ impl Deployer {
                     let id = &r.instance_id;
                     tracing::info!(color = %c, instance = %id, "rollback window over: terminating");
                     self.check_not_holding(&allocation, id).await?;
-                    instances::terminate(&self.clients, id, Duration::from_secs(600)).await?;
+                    instances::terminate(&self.clients, id, instances::TERMINATED_WITHIN).await?;
                     state.release.instances.remove(c);
                     store.write(&mut state).await?;
                 }
@@ -70,7 +70,7 @@ impl Deployer {
             self.check_not_live(&bal, c).await?;
             self.drain(&bal, c, &ids).await?;
             for id in ids {
-                instances::terminate(&self.clients, &id, Duration::from_secs(600)).await?;
+                instances::terminate(&self.clients, &id, instances::TERMINATED_WITHIN).await?;
                 state.release.drop_instance(&id);
                 store.write(state).await?;
                 retired.push(id);
