@@ -274,6 +274,15 @@ async fn https_first_switch_on_then_a_blue_green_deploy_under_https_load_and_the
         "{}",
         status.stdout
     );
+    // The same in `status --json`, for scripts watching the expiry.
+    let json = app.ok(&["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("status --json");
+    let cert = &v["certificate"];
+    assert_eq!(cert["state"], "stored", "{v:#}");
+    assert_eq!(cert["ip"], eip.to_string(), "{v:#}");
+    assert_eq!(cert["serial"], first.as_str(), "{v:#}");
+    assert_eq!(cert["matches_ip"], true, "{v:#}");
+    assert!(cert["remaining_s"].as_u64().unwrap_or(0) > 0, "{v:#}");
 
     // r2 under HTTPS load through the Elastic IP's own address: the gate verifies the
     // stored certificate on green's own address before the move; no handshake and no

@@ -289,7 +289,27 @@ pub async fn status(
 ) -> anyhow::Result<u8> {
     let st = d.status(endpoints).await.context("status")?;
     if json {
-        print_json(&st)?;
+        /// `status --json`: the status, and with `tls = "acme"` the stored
+        /// certificate (as the text's certificate line says it).
+        #[derive(serde::Serialize)]
+        struct WithCertificate<'a> {
+            #[serde(flatten)]
+            status: &'a deployer::release::Status,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            certificate: Option<deployer::cert::CertificateView>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            certificate_error: Option<String>,
+        }
+        let (certificate, certificate_error) = match d.certificate_view().await {
+            Ok(deployer::cert::CertificateView::Off) => (None, None),
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        print_json(&WithCertificate {
+            status: &st,
+            certificate,
+            certificate_error,
+        })?;
     } else {
         println!("{st}");
         super::render::print_certificate(d).await;
