@@ -331,6 +331,28 @@ async fn https_first_switch_on_then_a_blue_green_deploy_under_https_load_and_the
         .instance_id
         .clone();
 
+    // A rollback to blue (r1) with a rollback window longer than the certificate's
+    // life: blue would serve a certificate expiring inside it, so the address is not
+    // moved back; the redeploy of r1 it falls back to is refused the same way, and
+    // green keeps the address.
+    let args = app.release_args(&["rollback", "--rollback-window", "100000h"]);
+    let r = app.run(&args).await;
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("previous colour not usable (its HTTPS:")
+            && r.stderr
+                .contains("inside the required 360000000 s (the rollback window)"),
+        "{}",
+        r.stderr
+    );
+    let last = r.last_stderr_line();
+    assert!(
+        last.contains(&format!("{green} (r2) keeps the Elastic IP")),
+        "one line that says why: {last}"
+    );
+    assert_eq!(app.eip().await.1.as_deref(), Some(green.as_str()));
+    assert_eq!(wait_https(at_eip, eip, "r2"), first);
+
     // A corrupted store: the new colour cannot load a certificate, the address serves
     // a valid one, so the gate refuses it and the address stays.
     let d = app.s.deployer().await;

@@ -73,11 +73,32 @@ impl Deployer {
         self.settle_eip_move(&store, &mut state, &allocation)
             .await?;
         let (active, prev, rec) = previous_color(&state, "no colour holds the Elastic IP")?;
-        let healthy = self
+        let ip = match self
             .previous_usable(prev, &rec, &rec.instance_id, opts)
-            .await?;
-        if let Err(why) = healthy {
-            return Ok(redeploy(prev, &rec, why));
+            .await?
+        {
+            Ok(ip) => ip,
+            Err(why) => return Ok(redeploy(prev, &rec, why)),
+        };
+        // With HTTPS, the colour taking the address back must serve a valid
+        // certificate for it that outlives the rollback window, as a deploy's new
+        // colour must.
+        let https = self
+            .https_gate(
+                &opts.endpoints,
+                &allocation,
+                prev,
+                &rec.instance_id,
+                ip,
+                opts.rollback_window,
+            )
+            .await;
+        match https {
+            Ok(_) => {}
+            Err(Error::Release(ReleaseError::Probe(e))) => {
+                return Ok(redeploy(prev, &rec, format!("its HTTPS: {e}")));
+            }
+            Err(e) => return Err(e),
         }
         self.guard_eip(&state, &allocation).await?;
         self.move_eip(&store, &mut state, &allocation, prev, &rec.instance_id)
@@ -93,15 +114,16 @@ impl Deployer {
     }
 
     /// Whether instance `id` of the previous colour `prev` (running `rec`'s release)
-    /// can take the traffic back: running, and passing the health gate. `Ok(Err(why))`
-    /// when it cannot; `Err` when AWS could not be asked.
+    /// can take the traffic back: running, and passing the health gate (`Ok(Ok(its
+    /// public address))`). `Ok(Err(why))` when it cannot; `Err` when AWS could not be
+    /// asked.
     async fn previous_usable(
         &self,
         prev: Color,
         rec: &InstanceRecord,
         id: &str,
         opts: &ReleaseOptions,
-    ) -> Result<Result<(), String>, Error> {
+    ) -> Result<Result<Option<std::net::IpAddr>, String>, Error> {
         let alive = describe(&self.clients, id).await?;
         Ok(match &alive {
             Some(d) if d.is_running() => {
@@ -114,7 +136,7 @@ impl Deployer {
                     opts.probe_interval,
                 )
                 .await
-                .map(|_| ())
+                .map(|_| ip)
                 .map_err(|e| e.to_string())
             }
             other => Err(format!(
