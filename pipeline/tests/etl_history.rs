@@ -193,8 +193,7 @@ async fn a_load_records_the_same_answers_sorted_or_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_customer_chunks_apart_is_traced_to_its_lines() {
     let (_db, pool) = database().await;
-    let bucket = etl_common::Bucket::new("etl-dupcust").await;
-    bucket.generate(1_500, 1, 5).await;
+    let bucket = etl_common::Bucket::generated("etl-dupcust", 1_500, 1, 5).await;
     let l = loader(&pool, bucket.source());
     let s = load_customers(&l).await;
     assert_eq!(s.status, Status::Success, "{:?}", s.error);

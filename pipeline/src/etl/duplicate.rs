@@ -5,8 +5,9 @@
 use sqlx::postgres::PgDatabaseError;
 
 use super::EtlError;
+use super::ingest::fill;
 use super::load::Loader;
-use super::spec::{FileSpec, Kind};
+use super::spec::{FileSpec, Kind, date_of_day};
 use super::validate::Validator;
 
 /// `unique_violation`.
@@ -28,10 +29,7 @@ fn pg_text(kind: Kind, v: i64) -> String {
     match kind {
         Kind::Date => i32::try_from(v)
             .ok()
-            .and_then(|d| {
-                chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?
-                    .checked_add_signed(chrono::Duration::days(i64::from(d)))
-            })
+            .and_then(date_of_day)
             .map_or_else(|| v.to_string(), |d| d.format("%Y-%m-%d").to_string()),
         _ => v.to_string(),
     }
@@ -78,10 +76,7 @@ impl Loader {
         let mut v = Validator::new(spec, reader.location().to_string());
         let mut lines = Vec::new();
         loop {
-            let more = reader.read_into(v.buffer()).await?;
-            if v.buffered() < self.chunk_bytes && more {
-                continue;
-            }
+            let more = fill(&mut reader, &mut v, self.chunk_bytes).await?;
             // Rows are lines: the header is line 1, and blank lines are rejected.
             let first_line = 2 + v.rows();
             if let Some(df) = v.take_frame(!more)? {

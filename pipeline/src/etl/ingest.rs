@@ -95,27 +95,24 @@ impl Loader {
             let r: Result<(), EtlError> = async {
                 let mut out = pgcopy::HEADER.to_vec();
                 loop {
-                    let more = reader.read_into(v.buffer()).await?;
-                    if v.buffered() >= chunk_bytes || !more {
-                        let permit = budget
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| EtlError::Config("the chunk budget closed".into()))?;
-                        if let Some(df) = v.take_frame(!more)? {
-                            pgcopy::encode(&v, &df, &types, &mut out)?;
-                        }
-                        if !more {
-                            out.extend_from_slice(pgcopy::TRAILER);
-                        }
-                        if !out.is_empty()
-                            && tx.send((std::mem::take(&mut out), permit)).await.is_err()
-                        {
-                            // COPY failed: the consumer reports why.
-                            return Ok(());
-                        }
-                        bar.set(v.consumed());
+                    let more = fill(&mut reader, &mut v, chunk_bytes).await?;
+                    let permit = budget
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| EtlError::Config("the chunk budget closed".into()))?;
+                    if let Some(df) = v.take_frame(!more)? {
+                        pgcopy::encode(&v, &df, &types, &mut out)?;
                     }
+                    if !more {
+                        out.extend_from_slice(pgcopy::TRAILER);
+                    }
+                    if !out.is_empty() && tx.send((std::mem::take(&mut out), permit)).await.is_err()
+                    {
+                        // COPY failed: the consumer reports why.
+                        return Ok(());
+                    }
+                    bar.set(v.consumed());
                     if !more {
                         return Ok(());
                     }
@@ -172,6 +169,24 @@ impl Loader {
     }
 }
 
+/// Reads `reader` into `v`'s buffer (at least one piece, so a line longer than a
+/// chunk still grows it) until it holds `chunk_bytes` or the file ends; `false` once
+/// the file has ended (what is buffered is then its last chunk).
+pub(super) async fn fill(
+    reader: &mut ObjectReader,
+    v: &mut Validator,
+    chunk_bytes: usize,
+) -> Result<bool, EtlError> {
+    loop {
+        if !reader.read_into(v.buffer()).await? {
+            return Ok(false);
+        }
+        if v.buffered() >= chunk_bytes {
+            return Ok(true);
+        }
+    }
+}
+
 /// A file that fits in one chunk goes in with one `INSERT ... SELECT FROM unnest(...)`
 /// of typed arrays rather than COPY: same validation, one round trip, and no wait on
 /// the client's Nagle delay between the last CopyData and CopyDone (sqlx does not set
@@ -184,7 +199,7 @@ async fn insert_small(
     mut reader: ObjectReader,
 ) -> Result<u64, EtlError> {
     let started = Instant::now();
-    while reader.read_into(v.buffer()).await? {}
+    fill(&mut reader, v, usize::MAX).await?;
     let Some(df) = v.take_frame(true)? else {
         return Ok(0);
     };

@@ -19,6 +19,18 @@ pub enum Kind {
     Text,
 }
 
+/// A `Kind::Date` value as polars holds it (cast to `Int32`): days since 1970-01-01.
+pub fn day_number(date: chrono::NaiveDate) -> i32 {
+    (date - chrono::DateTime::UNIX_EPOCH.date_naive()).num_days() as i32
+}
+
+/// The date of a day number (`None` outside chrono's range).
+pub fn date_of_day(days: i32) -> Option<chrono::NaiveDate> {
+    chrono::DateTime::UNIX_EPOCH
+        .date_naive()
+        .checked_add_signed(chrono::Duration::days(i64::from(days)))
+}
+
 impl Kind {
     pub fn describe(self) -> &'static str {
         match self {
@@ -262,9 +274,8 @@ pub fn stores() -> FileSpec {
 pub fn sales(month: Month) -> FileSpec {
     // Dates compare as days since 1970-01-01 (a date literal would need polars'
     // dtype-datetime feature).
-    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
-    let first = (month.first_day() - epoch).num_days() as i32;
-    let next = (month.next().first_day() - epoch).num_days() as i32;
+    let first = day_number(month.first_day());
+    let next = day_number(month.next().first_day());
     let day = || col("date").cast(DataType::Int32);
     keyed_by_idx(
         month.sales_file(),

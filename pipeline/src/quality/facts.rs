@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::history::{Answer, take_combined};
 use super::{CheckResult, SqlCheck};
+use crate::etl::spec::date_of_day;
 
 /// Failing rows kept as a sample per check (as the queries' `LIMIT 5`).
 const SAMPLE: usize = 5;
@@ -77,9 +78,7 @@ fn id(bits: u64) -> i64 {
 
 /// A day number since 1970-01-01 as `YYYY-MM-DD` (as PostgreSQL renders a date in JSON).
 fn date(days: i32) -> Value {
-    let d = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)
-        .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::days(i64::from(days))));
-    d.map_or(Value::Null, |d| {
+    date_of_day(days).map_or(Value::Null, |d| {
         Value::String(d.format("%Y-%m-%d").to_string())
     })
 }
