@@ -16,7 +16,6 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 use common::app::{CloudApp, leftovers, tagged_ids, target_groups_named};
 use common::{Setup, setup_with};
-use deployer::config::Config;
 use deployer::stack::Kind;
 
 /// An emulator of this file's own (its recording holds only this file's requests):
@@ -313,14 +312,7 @@ async fn moving_the_second_subnet_replaces_the_balancer() {
     s.ok(&["apply", "--auto-approve"]);
     let before = s.deployer().await.read_state().await.unwrap();
 
-    let text = std::fs::read_to_string(&s.config_path).unwrap();
-    let mut doc: toml::Table = toml::from_str(&text).unwrap();
-    doc.entry("nlb".to_string())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .unwrap()
-        .insert("subnet_b_cidr".into(), "10.42.3.0/24".into());
-    std::fs::write(&s.config_path, toml::to_string(&doc).unwrap()).unwrap();
+    let s = s.reconfigure(&[("nlb", "subnet_b_cidr", "10.42.3.0/24".into())]);
 
     let plan = s.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}", plan.all());
@@ -368,16 +360,8 @@ async fn moving_the_second_subnet_replaces_the_balancer() {
 
 /// Rewrites `app`'s configuration with `front` set to `front`.
 fn with_front(app: &CloudApp, front: &str) -> CloudApp {
-    let s = &app.s;
-    let text = std::fs::read_to_string(&s.config_path).unwrap();
-    let mut doc: toml::Table = toml::from_str(&text).unwrap();
-    doc.insert("front".into(), toml::Value::String(front.into()));
-    std::fs::write(&s.config_path, toml::to_string(&doc).unwrap()).unwrap();
     CloudApp {
-        s: Setup {
-            cfg: Config::load(&s.config_path).unwrap(),
-            ..s.clone()
-        },
+        s: app.s.reconfigure(&[("", "front", front.into())]),
         port: app.port,
     }
 }

@@ -244,13 +244,7 @@ async fn security_group_admits_only_the_api_port_and_ssh_only_from_its_cidr() {
     );
 
     // Turning SSH on (same app, state and names) is an in-place update, from that CIDR only.
-    let mut doc: toml::Table =
-        toml::from_str(&std::fs::read_to_string(&s.config_path).expect("cfg")).expect("toml");
-    doc.insert(
-        "ssh_cidr".into(),
-        toml::Value::String("203.0.113.7/32".into()),
-    );
-    std::fs::write(&s.config_path, toml::to_string(&doc).expect("toml")).expect("write");
+    let s = s.reconfigure(&[("", "ssh_cidr", "203.0.113.7/32".into())]);
     let plan = s.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}", plan.all());
     assert!(
@@ -532,17 +526,10 @@ async fn changing_the_vpc_cidr_replaces_the_network_in_dependency_order() {
     s.ok(&["apply", "--auto-approve"]);
     let before = s.deployer().await.read_state().await.expect("state");
 
-    let mut doc: toml::Table =
-        toml::from_str(&std::fs::read_to_string(&s.config_path).expect("cfg")).expect("toml");
-    doc.insert(
-        "vpc_cidr".into(),
-        toml::Value::String("10.77.0.0/16".into()),
-    );
-    doc.insert(
-        "subnet_cidr".into(),
-        toml::Value::String("10.77.1.0/24".into()),
-    );
-    std::fs::write(&s.config_path, toml::to_string(&doc).expect("toml")).expect("write");
+    let s = s.reconfigure(&[
+        ("", "vpc_cidr", "10.77.0.0/16".into()),
+        ("", "subnet_cidr", "10.77.1.0/24".into()),
+    ]);
 
     let plan = s.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}", plan.all());

@@ -23,6 +23,40 @@ pub struct Setup {
     pub cfg: Config,
 }
 
+/// Sets `key` in `section` ("": the top level) of a configuration document.
+fn set_key(doc: &mut toml::Table, section: &str, key: &str, v: toml::Value) {
+    if section.is_empty() {
+        doc.insert(key.into(), v);
+    } else {
+        doc.entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("section is a table")
+            .insert(key.into(), v);
+    }
+}
+
+impl Setup {
+    /// Edits the configuration file as a user edits deploy.toml: `changes` are
+    /// (section or "", key, TOML value). Returns the set-up with it loaded again.
+    pub fn reconfigure(&self, changes: &[(&str, &str, toml::Value)]) -> Setup {
+        let text = std::fs::read_to_string(&self.config_path).expect("config");
+        let mut doc: toml::Table = toml::from_str(&text).expect("config parses");
+        for (section, key, v) in changes {
+            set_key(&mut doc, section, key, v.clone());
+        }
+        std::fs::write(
+            &self.config_path,
+            toml::to_string(&doc).expect("serialises"),
+        )
+        .expect("write");
+        Setup {
+            cfg: Config::load(&self.config_path).expect("edited config is valid"),
+            ..self.clone()
+        }
+    }
+}
+
 /// `extra`: (section or "", key, TOML value) overrides.
 pub fn setup_with(moto: &'static harness::Moto, extra: &[(&str, &str, toml::Value)]) -> Setup {
     let root = harness::repo_root();
@@ -30,17 +64,7 @@ pub fn setup_with(moto: &'static harness::Moto, extra: &[(&str, &str, toml::Valu
     let mut doc: toml::Table = toml::from_str(&text).expect("example parses");
     let app = harness::unique("app");
     doc.insert("app".into(), toml::Value::String(app.clone()));
-    let set = |doc: &mut toml::Table, section: &str, key: &str, v: toml::Value| {
-        if section.is_empty() {
-            doc.insert(key.into(), v);
-        } else {
-            doc.entry(section.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .expect("section is a table")
-                .insert(key.into(), v);
-        }
-    };
+    let set = set_key;
     set(
         &mut doc,
         "state",
